@@ -1,0 +1,173 @@
+"""The scHyena network: expression adaptor, gene embedding, bidirectional Hyena blocks, heads.
+
+Plain PyTorch, no AnnData or scvi-tools inside: it takes a ``(cells, genes)`` tensor of
+log-normalised expression over the model's ordered gene vocabulary and returns per-gene
+predictions and a cell embedding. Everything that touches AnnData lives in
+:mod:`schyena_tools.module` and :mod:`schyena_tools.model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .hyena import HyenaBlock
+
+
+@dataclass
+class EncoderOutput:
+    """What :class:`SCHyenaEncoder` returns.
+
+    Attributes
+    ----------
+    hidden
+        ``(cells, genes, d_model)`` final token states (after the final LayerNorm).
+    predicted_expression
+        ``(cells, genes)`` reconstruction of the log-normalised expression of every gene.
+    cell_embedding
+        ``(cells, d_model)`` mean of ``hidden`` over the measured (non-missing) genes.
+    """
+
+    hidden: torch.Tensor
+    predicted_expression: torch.Tensor
+    cell_embedding: torch.Tensor
+
+
+class SCHyenaEncoder(nn.Module):
+    """scHyena: every gene of a cell is a token; bidirectional Hyena blocks mix them all.
+
+    Token ``g`` of a cell is ``adaptor(x_g) + gene_embedding[g]``, where the linear adaptor lifts
+    the scalar expression ``x_g`` to ``d_model`` channels and the learned gene embedding plays the
+    role of a positional encoding. Two learned vectors replace the adaptor output where needed:
+
+    * ``mask_token`` for genes hidden during masked-expression training (their value is unknown
+      to the network but the gene was measured);
+    * ``missing_token`` for genes of the vocabulary that the dataset did not measure. A missing
+      gene is not a zero: it gets its own vector, it is left out of the cell embedding and no
+      loss ever scores it.
+
+    The cell embedding is the mean of the final token states over measured genes. We pool rather
+    than read a CLS token because the long filters decay with distance: a single token at one end
+    of a 20,000-gene sequence would see the far end only weakly, while the mean sees every gene
+    with equal weight and ignores missing ones exactly.
+
+    Parameters
+    ----------
+    n_genes
+        Size of the gene vocabulary (sequence length).
+    d_model
+        Channel width of every token.
+    n_layers
+        Number of Hyena blocks.
+    order
+        Hyena order (number of gates and long convolutions per block).
+    mlp_ratio
+        Hidden width of each block's MLP, as a multiple of ``d_model``.
+    filter_hidden_dim
+        Width of the implicit filter MLP.
+    dropout
+        Dropout inside the blocks.
+    gradient_checkpointing
+        Recompute each block's activations in the backward pass instead of storing them: saves
+        memory when training at full length, at the cost of about one more forward pass.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        d_model: int = 64,
+        n_layers: int = 2,
+        order: int = 2,
+        mlp_ratio: int = 2,
+        filter_hidden_dim: int = 32,
+        dropout: float = 0.0,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if n_genes < 2:
+            raise ValueError(f"n_genes must be at least 2, got {n_genes}")
+        self.n_genes = n_genes
+        self.d_model = d_model
+        self.gradient_checkpointing = gradient_checkpointing
+        self.adaptor = nn.Linear(1, d_model)
+        self.gene_embedding = nn.Embedding(n_genes, d_model)
+        nn.init.normal_(self.gene_embedding.weight, std=0.02)
+        self.mask_token = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.missing_token = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.blocks = nn.ModuleList(
+            [
+                HyenaBlock(
+                    d_model,
+                    mlp_ratio=mlp_ratio,
+                    dropout=dropout,
+                    order=order,
+                    hidden_dim=filter_hidden_dim,
+                )
+                for _ in range(n_layers)
+            ]
+        )
+        self.final_norm = nn.LayerNorm(d_model)
+        self.value_head = nn.Linear(d_model, 1)
+
+    def embed_tokens(
+        self,
+        expression: torch.Tensor,
+        masked: torch.Tensor | None = None,
+        missing: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(cells, genes)`` values -> ``(cells, genes, d_model)`` input tokens."""
+        tokens = self.adaptor(expression.unsqueeze(-1))
+        if masked is not None:
+            tokens = torch.where(masked.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        if missing is not None:
+            missing = missing.expand_as(expression)
+            tokens = torch.where(missing.unsqueeze(-1), self.missing_token.to(tokens.dtype), tokens)
+        return tokens + self.gene_embedding.weight.to(tokens.dtype)
+
+    def forward(
+        self,
+        expression: torch.Tensor,
+        masked: torch.Tensor | None = None,
+        missing: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Run the encoder.
+
+        Parameters
+        ----------
+        expression
+            ``(cells, n_genes)`` log-normalised expression, in vocabulary order.
+        masked
+            Optional ``(cells, n_genes)`` bool, True where the value is hidden from the network.
+        missing
+            Optional ``(n_genes,)`` or ``(cells, n_genes)`` bool, True where the gene was not
+            measured. Values at missing (or masked) positions are never read.
+        """
+        if expression.dim() != 2 or expression.shape[1] != self.n_genes:
+            raise ValueError(
+                f"expected expression of shape (cells, {self.n_genes}), got {tuple(expression.shape)}"
+            )
+        hidden = self.embed_tokens(expression, masked, missing)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden = checkpoint(block, hidden, use_reentrant=False)
+            else:
+                hidden = block(hidden)
+        hidden = self.final_norm(hidden)
+        predicted = self.value_head(hidden).squeeze(-1)
+        return EncoderOutput(
+            hidden=hidden,
+            predicted_expression=predicted,
+            cell_embedding=self.pool(hidden, missing),
+        )
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
+        """Mean of token states over measured genes."""
+        if missing is None:
+            return hidden.mean(dim=1)
+        weights = (~missing).expand(hidden.shape[:2]).to(hidden.dtype)
+        counts = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return torch.einsum("bl,bld->bd", weights, hidden) / counts

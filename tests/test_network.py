@@ -1,0 +1,167 @@
+"""Tests of the plain-PyTorch network on random tensors."""
+
+import pytest
+import torch
+
+from schyena_tools.nn import (
+    BidirectionalHyenaOperator,
+    SCHyenaEncoder,
+    bidirectional_fft_conv,
+    direct_conv_reference,
+    fast_fft_size,
+)
+
+
+def tiny_encoder(n_genes=50, **kwargs):
+    torch.manual_seed(0)
+    defaults = dict(d_model=16, n_layers=2, filter_hidden_dim=16)
+    defaults.update(kwargs)
+    return SCHyenaEncoder(n_genes, **defaults)
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 64, 257, 1000])
+def test_fft_conv_equals_direct_convolution(length):
+    gen = torch.Generator().manual_seed(length)
+    signal = torch.randn(3, 5, length, generator=gen)
+    filters = torch.randn(5, 2 * length - 1, generator=gen)
+    fast = bidirectional_fft_conv(signal, filters)
+    direct = direct_conv_reference(signal.double(), filters.double())
+    rel = (fast.double() - direct).norm() / direct.norm()
+    assert rel < 1e-5, rel
+
+
+def test_fft_conv_float64_is_exact():
+    signal = torch.randn(2, 3, 100, dtype=torch.float64)
+    filters = torch.randn(3, 199, dtype=torch.float64)
+    torch.testing.assert_close(bidirectional_fft_conv(signal, filters), direct_conv_reference(signal, filters))
+
+
+def test_fft_conv_rejects_wrong_filter_length():
+    with pytest.raises(ValueError, match="2L - 1"):
+        bidirectional_fft_conv(torch.randn(1, 2, 10), torch.randn(2, 10))
+
+
+@pytest.mark.parametrize("minimum", [1, 2, 7, 97, 1999, 39943, 65537])
+def test_fast_fft_size_is_smooth_and_minimal(minimum):
+    size = fast_fft_size(minimum)
+    assert size >= minimum
+    rest = size
+    for p in (2, 3, 5):
+        while rest % p == 0:
+            rest //= p
+    assert rest == 1
+    # minimal: no 5-smooth number in between
+    for candidate in range(minimum, size):
+        r = candidate
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        assert r != 1
+
+
+def test_full_length_fft_size():
+    assert fast_fft_size(2 * 19972 - 1) == 40000
+
+
+def test_operator_is_bidirectional():
+    torch.manual_seed(0)
+    op = BidirectionalHyenaOperator(8, order=2, hidden_dim=16)
+    u = torch.randn(1, 300, 8)
+    base = op(u)
+    last_changed = u.clone()
+    last_changed[0, -1] += 1.0
+    first_changed = u.clone()
+    first_changed[0, 0] += 1.0
+    assert (op(last_changed)[0, 0] - base[0, 0]).abs().max() > 1e-7
+    assert (op(first_changed)[0, -1] - base[0, -1]).abs().max() > 1e-7
+
+
+def test_encoder_last_gene_reaches_first_gene_and_back():
+    model = tiny_encoder(200).eval()
+    x = torch.rand(2, 200)
+    base = model(x).hidden
+    y = x.clone()
+    y[:, -1] += 3.0
+    assert (model(y).hidden[:, 0] - base[:, 0]).abs().max() > 1e-6
+    y = x.clone()
+    y[:, 0] += 3.0
+    assert (model(y).hidden[:, -1] - base[:, -1]).abs().max() > 1e-6
+
+
+def test_encoder_shapes():
+    model = tiny_encoder(50)
+    out = model(torch.rand(4, 50))
+    assert out.hidden.shape == (4, 50, 16)
+    assert out.predicted_expression.shape == (4, 50)
+    assert out.cell_embedding.shape == (4, 16)
+
+
+def test_missing_genes_do_not_leak_into_embedding():
+    model = tiny_encoder(60).eval()
+    missing = torch.zeros(60, dtype=torch.bool)
+    missing[10:25] = True
+    x = torch.rand(3, 60)
+    garbage = x.clone()
+    garbage[:, missing] = torch.randn(3, int(missing.sum())) * 100
+    a = model(x, missing=missing)
+    b = model(garbage, missing=missing)
+    torch.testing.assert_close(a.cell_embedding, b.cell_embedding)
+    torch.testing.assert_close(a.predicted_expression[:, ~missing], b.predicted_expression[:, ~missing])
+
+
+def test_pool_ignores_missing_states():
+    hidden = torch.randn(2, 5, 3)
+    missing = torch.tensor([False, True, False, True, False])
+    pooled = SCHyenaEncoder.pool(hidden, missing)
+    torch.testing.assert_close(pooled, hidden[:, ~missing].mean(1))
+
+
+def test_masked_values_are_not_read():
+    model = tiny_encoder(40).eval()
+    masked = torch.zeros(2, 40, dtype=torch.bool)
+    masked[:, ::3] = True
+    x = torch.rand(2, 40)
+    y = x.clone()
+    y[masked] = 50.0
+    torch.testing.assert_close(model(x, masked=masked).hidden, model(y, masked=masked).hidden)
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny_encoder(30)
+    masked = torch.zeros(3, 30, dtype=torch.bool)
+    masked[:, :5] = True
+    missing = torch.zeros(30, dtype=torch.bool)
+    missing[-3:] = True
+    out = model(torch.rand(3, 30), masked=masked, missing=missing)
+    loss = out.predicted_expression.pow(2).mean() + out.cell_embedding.pow(2).mean()
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_batch_order_does_not_change_per_cell_outputs():
+    model = tiny_encoder(64).eval()
+    x = torch.rand(6, 64)
+    perm = torch.randperm(6)
+    a = model(x)
+    b = model(x[perm])
+    torch.testing.assert_close(a.cell_embedding[perm], b.cell_embedding, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.predicted_expression[perm], b.predicted_expression, rtol=1e-5, atol=1e-6)
+    # a cell alone gives what it gives in a batch
+    torch.testing.assert_close(model(x[2:3]).cell_embedding[0], a.cell_embedding[2], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    x = torch.rand(2, 40)
+    grads = []
+    for ckpt in (False, True):
+        model = tiny_encoder(40, gradient_checkpointing=ckpt)
+        model(x, masked=x > 0.5, missing=torch.arange(40) < 3).predicted_expression.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_wrong_input_width_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(cells, 50\)"):
+        tiny_encoder(50)(torch.rand(2, 49))
