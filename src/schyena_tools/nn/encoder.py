@@ -8,6 +8,7 @@ predictions and a cell embedding. Everything that touches AnnData lives in
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ class EncoderOutput:
         ``(cells, genes)`` reconstruction of the log-normalised expression of every gene.
     cell_embedding
         ``(cells, d_model)`` mean of ``hidden`` over the measured (non-missing) genes.
+
     """
 
     hidden: torch.Tensor
@@ -73,6 +75,21 @@ class SCHyenaEncoder(nn.Module):
     gradient_checkpointing
         Recompute each block's activations in the backward pass instead of storing them: saves
         memory when training at full length, at the cost of about one more forward pass.
+    mixer
+        ``"hyena"`` (default) or ``"attention"``: the latter replaces every Hyena operator by
+        exact multi-head softmax attention and leaves everything else identical; it is the
+        quadratic baseline of ``benchmarks/speed.py``, not a model to train at 20,000 genes.
+    attention_heads
+        Number of heads when ``mixer="attention"``.
+
+    Notes
+    -----
+    Speed options: :meth:`compile_blocks` compiles every block with :func:`torch.compile`
+    (falling back to eager with a warning if compilation fails); ``torch.autocast`` with
+    ``bfloat16`` or ``float16`` runs the projections and MLPs in half precision while the long
+    convolutions stay in float32; ``gradient_checkpointing`` trades compute for memory in
+    training. See ``docs/benchmarks/speed.md``.
+
     """
 
     def __init__(
@@ -85,6 +102,8 @@ class SCHyenaEncoder(nn.Module):
         filter_hidden_dim: int = 32,
         dropout: float = 0.0,
         gradient_checkpointing: bool = False,
+        mixer: str = "hyena",
+        attention_heads: int = 4,
     ):
         super().__init__()
         if n_genes < 2:
@@ -92,6 +111,12 @@ class SCHyenaEncoder(nn.Module):
         self.n_genes = n_genes
         self.d_model = d_model
         self.gradient_checkpointing = gradient_checkpointing
+        self.mixer = mixer
+        mixer_kwargs = (
+            {"order": order, "hidden_dim": filter_hidden_dim}
+            if mixer == "hyena"
+            else {"attention_heads": attention_heads}
+        )
         self.adaptor = nn.Linear(1, d_model)
         self.gene_embedding = nn.Embedding(n_genes, d_model)
         nn.init.normal_(self.gene_embedding.weight, std=0.02)
@@ -99,18 +124,60 @@ class SCHyenaEncoder(nn.Module):
         self.missing_token = nn.Parameter(torch.randn(d_model) * 0.02)
         self.blocks = nn.ModuleList(
             [
-                HyenaBlock(
-                    d_model,
-                    mlp_ratio=mlp_ratio,
-                    dropout=dropout,
-                    order=order,
-                    hidden_dim=filter_hidden_dim,
-                )
+                HyenaBlock(d_model, mlp_ratio=mlp_ratio, dropout=dropout, mixer=mixer, **mixer_kwargs)
                 for _ in range(n_layers)
             ]
         )
         self.final_norm = nn.LayerNorm(d_model)
         self.value_head = nn.Linear(d_model, 1)
+        # compiled callables of the blocks (a plain list: not submodules, state_dict unchanged)
+        self._compiled_blocks: list | None = None
+        self._compile_checked = False
+
+    def __getstate__(self):
+        # compiled callables do not pickle or deep-copy; a copy starts uncompiled
+        state = self.__dict__.copy()
+        state["_compiled_blocks"] = None
+        return state
+
+    def compile_blocks(self, enabled: bool = True, **compile_kwargs) -> SCHyenaEncoder:
+        """Compile every block with :func:`torch.compile`; returns ``self``.
+
+        The blocks are compiled, not the whole encoder, so the module keeps its type, its
+        attributes and its ``state_dict`` keys, and gradient checkpointing still works block by
+        block. Compilation happens at the first forward (and again for each new input shape,
+        unless ``dynamic=True``). If it fails there (no C compiler, unsupported backend...), a
+        :class:`RuntimeWarning` says why and the encoder goes on in eager mode with identical
+        results.
+
+        Parameters
+        ----------
+        enabled
+            ``False`` removes the compiled blocks again.
+        compile_kwargs
+            Passed to :func:`torch.compile` (``mode``, ``dynamic``, ``backend``, ``fullgraph``...).
+
+        """
+        if not enabled:
+            self._compiled_blocks = None
+            return self
+        self._compiled_blocks = [torch.compile(block, **compile_kwargs) for block in self.blocks]
+        self._compile_checked = False
+        return self
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether :meth:`compile_blocks` is active (and has not fallen back to eager)."""
+        return self._compiled_blocks is not None
+
+    def _run_blocks(self, hidden: torch.Tensor) -> torch.Tensor:
+        blocks = self._compiled_blocks if self._compiled_blocks is not None else self.blocks
+        for block in blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden = checkpoint(block, hidden, use_reentrant=False)
+            else:
+                hidden = block(hidden)
+        return hidden
 
     def embed_tokens(
         self,
@@ -144,17 +211,30 @@ class SCHyenaEncoder(nn.Module):
         missing
             Optional ``(n_genes,)`` or ``(cells, n_genes)`` bool, True where the gene was not
             measured. Values at missing (or masked) positions are never read.
+
         """
         if expression.dim() != 2 or expression.shape[1] != self.n_genes:
             raise ValueError(
                 f"expected expression of shape (cells, {self.n_genes}), got {tuple(expression.shape)}"
             )
         hidden = self.embed_tokens(expression, masked, missing)
-        for block in self.blocks:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(block, hidden, use_reentrant=False)
+        if self._compiled_blocks is not None and not self._compile_checked:
+            try:
+                hidden_out = self._run_blocks(hidden)
+            except Exception as err:  # compilation errors come in many types
+                warnings.warn(
+                    f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
+                    "falling back to the eager encoder",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._compiled_blocks = None
+                hidden_out = self._run_blocks(hidden)
             else:
-                hidden = block(hidden)
+                self._compile_checked = True
+            hidden = hidden_out
+        else:
+            hidden = self._run_blocks(hidden)
         hidden = self.final_norm(hidden)
         predicted = self.value_head(hidden).squeeze(-1)
         return EncoderOutput(
@@ -171,3 +251,12 @@ class SCHyenaEncoder(nn.Module):
         weights = (~missing).expand(hidden.shape[:2]).to(hidden.dtype)
         counts = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         return torch.einsum("bl,bld->bd", weights, hidden) / counts
+
+
+def compile_encoder(encoder: SCHyenaEncoder, **compile_kwargs) -> SCHyenaEncoder:
+    """Compile the blocks of ``encoder`` in place with :func:`torch.compile` and return it.
+
+    Shorthand for :meth:`SCHyenaEncoder.compile_blocks`; falls back to eager with a
+    :class:`RuntimeWarning` if compilation fails at the first forward.
+    """
+    return encoder.compile_blocks(**compile_kwargs)
