@@ -1,3 +1,8 @@
 """scHyena for scverse: a full-length single-cell foundation model built on bidirectional Hyena."""
 
+from . import datasets, nn
+from .model import SCHyena
+
 __version__ = "0.1.0"
+
+__all__ = ["SCHyena", "datasets", "nn", "__version__"]

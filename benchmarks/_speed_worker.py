@@ -1,0 +1,175 @@
+"""One configuration of ``benchmarks/speed.py``, run in a fresh process.
+
+Usage: ``python benchmarks/_speed_worker.py '<json config>'``. Prints one line
+``RESULT <json>`` with the measured time per batch and peak memory, or a status ``OOM``/``error``.
+The parent process enforces the hard time limit (it kills this process) and marks ``timeout``.
+
+Memory
+------
+* CUDA: ``torch.cuda.max_memory_allocated()`` during the timed loop minus the memory allocated
+  before it (model, inputs), i.e. the peak of activations, workspaces and gradients.
+* CPU: PyTorch has no caching allocator on CPU, so the honest number is what the process takes
+  from the OS. After building the model and inputs we reset the kernel's peak-RSS counter
+  (``echo 5 > /proc/self/clear_refs``) and report ``VmHWM - VmRSS_before``: the peak resident
+  memory added by the forward (and backward) passes. Each configuration runs in its own process
+  so nothing freed by an earlier configuration is counted or reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _is_oom(err: BaseException) -> bool:
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err).lower()
+    return any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory",
+                                   "cannot allocate memory", "failed to allocate"))
+
+
+def main(cfg: dict) -> dict:
+    if cfg.get("memory_limit_gb") and cfg["device"] == "cpu":
+        import resource
+
+        limit = int(cfg["memory_limit_gb"] * 1024**3)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    import torch
+
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    device = torch.device(cfg["device"])
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg["dtype"]]
+
+    if cfg.get("impl") == "baseline":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from _baseline_nn import SCHyenaEncoder
+        extra = {}
+    else:
+        from schyena_tools.nn import SCHyenaEncoder
+        extra = {"mixer": cfg["mixer"], "attention_heads": cfg["attention_heads"]}
+
+    torch.manual_seed(0)
+    length, batch = cfg["length"], cfg["batch_size"]
+    model = SCHyenaEncoder(
+        length,
+        d_model=cfg["d_model"],
+        n_layers=cfg["n_layers"],
+        order=cfg["order"],
+        filter_hidden_dim=cfg["filter_hidden_dim"],
+        gradient_checkpointing=cfg.get("gradient_checkpointing", False),
+        **extra,
+    ).to(device)
+    if cfg.get("compile"):
+        model.compile_blocks()
+    train = cfg["mode"] == "train"
+    model.train(train)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(batch, length, generator=gen).to(device)
+    masked = (torch.rand(batch, length, generator=gen) < 0.15).to(device)
+
+    def step():
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else _null()
+        if train:
+            with ctx:
+                out = model(x, masked=masked)
+            loss = (out.predicted_expression.float() - x).pow(2)[masked].mean()
+            loss.backward()
+            for p in model.parameters():
+                p.grad = None
+        else:
+            with torch.no_grad(), ctx:
+                model(x).cell_embedding.sum().item()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # memory baseline: model, inputs, libraries
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = (_status_kb("VmRSS") or 0) * 1024
+        reset_ok = _reset_peak_rss()
+
+    budget = cfg["time_budget"]
+    times = []
+    flagged_single = False
+    try:
+        started = time.perf_counter()
+        t0 = time.perf_counter()
+        step()  # warm-up (compilation, first-touch allocations, plan caches)
+        warm = time.perf_counter() - t0
+        if warm > budget / 2:
+            # one more run would not fit in the budget: report the warm-up run, flagged
+            times = [warm]
+            flagged_single = True
+        else:
+            while len(times) < cfg["repeats"] and time.perf_counter() - started < budget:
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+    except Exception as err:  # noqa: BLE001
+        return {"status": "OOM" if _is_oom(err) else "error", "message": f"{type(err).__name__}: {err}"[:500]}
+
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+        mem_method = "cuda max_memory_allocated - allocated before"
+    else:
+        peak = (_status_kb("VmHWM") or 0) * 1024 - base
+        mem_method = "peak RSS (VmHWM after clear_refs) - RSS before" if reset_ok else "VmHWM - RSS before"
+    sec = statistics.median(times)
+    return {
+        "status": "ok",
+        "sec_per_batch": sec,
+        "cells_per_s": batch / sec,
+        "peak_mem_mb": peak / 2**20,
+        "n_timed": len(times),
+        "single_cold_run": flagged_single,
+        "times": times,
+        "mem_method": mem_method,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+if __name__ == "__main__":
+    config = json.loads(sys.argv[1])
+    try:
+        result = main(config)
+    except Exception as err:  # noqa: BLE001
+        result = {"status": "OOM" if _is_oom(err) else "error", "message": f"{type(err).__name__}: {err}"[:500]}
+    print("RESULT " + json.dumps(result), flush=True)

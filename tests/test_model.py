@@ -1,0 +1,118 @@
+"""The SCHyena model class end to end on small real data."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import schyena_tools as st
+from schyena_tools.module import log_normalize, sample_expression_mask
+
+from .conftest import TINY
+
+
+def test_log_normalize_matches_scanpy_recipe(zeisel_small):
+    import scanpy as sc
+
+    ref = zeisel_small.copy()
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    counts = torch.as_tensor(zeisel_small.X.toarray(), dtype=torch.float32)
+    ours = log_normalize(counts, 1e4).numpy()
+    np.testing.assert_allclose(ours, ref.X.toarray(), rtol=1e-5, atol=1e-5)
+
+
+def test_mask_hits_nonzeros_more_than_zeros_and_never_missing():
+    torch.manual_seed(0)
+    values = (torch.rand(200, 500) < 0.3).float() * torch.rand(200, 500)
+    missing = torch.zeros(500, dtype=torch.bool)
+    missing[:50] = True
+    masked = sample_expression_mask(values, 0.4, 0.04, missing)
+    nonzero = (values > 0) & ~missing
+    zero = (values == 0) & ~missing
+    assert abs(masked[nonzero].float().mean().item() - 0.4) < 0.02
+    assert abs(masked[zero].float().mean().item() - 0.04) < 0.01
+    assert not masked[:, missing].any()
+
+
+def test_train_records_losses_and_embeds(trained_small):
+    model, adata = trained_small
+    history = model.history
+    assert "train_loss" in history and "validation_loss" in history
+    assert len(history["train_loss"]) == 2
+    assert np.isfinite(history["train_loss"].to_numpy(dtype=float)).all()
+    assert "pretrain" in model.phase_history_
+    z = model.get_latent_representation()
+    assert z.shape == (adata.n_obs, TINY["d_model"]) and z.dtype == np.float32
+    assert np.isfinite(z).all()
+    assert z.std(0).min() > 0  # cells differ
+
+
+def test_pretraining_lowers_masked_loss(zeisel_small):
+    st.SCHyena.setup_anndata(zeisel_small)
+    model = st.SCHyena(zeisel_small, **TINY)
+    model.train(max_epochs=8, batch_size=16, train_size=1.0, enable_progress_bar=False, plan_kwargs={"lr": 3e-3})
+    loss = model.history["train_loss"]["train_loss"].to_numpy(dtype=float)
+    assert loss[-1] < 0.8 * loss[0], loss
+
+
+def test_embedding_independent_of_batch_size_and_indices(trained_small):
+    model, adata = trained_small
+    full = model.get_latent_representation(batch_size=7)
+    np.testing.assert_allclose(model.get_latent_representation(batch_size=64), full, rtol=1e-4, atol=1e-5)
+    idx = [5, 1, 30]
+    np.testing.assert_allclose(model.get_latent_representation(indices=idx), full[idx], rtol=1e-4, atol=1e-5)
+
+
+def test_dense_and_sparse_input_agree(trained_small):
+    model, adata = trained_small
+    dense = adata.copy()
+    dense.X = dense.X.toarray()
+    np.testing.assert_allclose(
+        model.get_latent_representation(dense), model.get_latent_representation(adata), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_counts_from_layer(zeisel_small):
+    adata = zeisel_small
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = sp.csr_matrix(adata.X.shape, dtype=np.float32)  # .X holds something else
+    st.SCHyena.setup_anndata(adata, layer="counts")
+    model = st.SCHyena(adata, **TINY)
+    a = model.get_latent_representation()
+    other = adata.copy()
+    other.X = other.layers["counts"].copy()
+    st.SCHyena.setup_anndata(other)
+    np.testing.assert_allclose(a, _same_weights(model, other).get_latent_representation(), rtol=1e-5, atol=1e-6)
+
+
+def _same_weights(model, adata):
+    twin = st.SCHyena(adata, **TINY)
+    twin.module.load_state_dict(model.module.state_dict())
+    return twin
+
+
+def test_save_load_gives_identical_embeddings(trained_small, tmp_path):
+    model, adata = trained_small
+    before = model.get_latent_representation()
+    model.save(tmp_path / "model")
+    loaded = st.SCHyena.load(tmp_path / "model", adata=adata)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), before)
+    assert list(loaded.gene_vocabulary) == list(adata.var_names)
+    assert "pretrain" in loaded.phase_history_
+
+
+def test_full_length_forward_on_all_genes(zeisel_full_length):
+    adata = zeisel_full_length
+    st.SCHyena.setup_anndata(adata, labels_key="cell_type")
+    model = st.SCHyena(adata, **TINY)
+    assert model.module.n_genes == 19972
+    model.train(max_epochs=1, batch_size=8, train_size=1.0, enable_progress_bar=False)
+    z = model.get_latent_representation(batch_size=8)
+    assert z.shape == (adata.n_obs, TINY["d_model"]) and np.isfinite(z).all()
+
+
+def test_view_anndata_setup(trained_small, capsys):
+    model, _ = trained_small
+    model.view_anndata_setup()
+    assert "labels" in capsys.readouterr().out.lower()
