@@ -171,5 +171,6 @@ if __name__ == "__main__":
     try:
         result = main(config)
     except Exception as err:  # noqa: BLE001
-        result = {"status": "OOM" if _is_oom(err) else "error", "message": f"{type(err).__name__}: {err}"[:500]}
+        status = "OOM" if _is_oom(err) else "error"
+        result = {"status": status, "message": f"{type(err).__name__}: {err}"[:500]}
     print("RESULT " + json.dumps(result), flush=True)

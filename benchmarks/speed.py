@@ -1,0 +1,422 @@
+"""Speed and memory of the scHyena encoder at full length, against exact attention.
+
+One command::
+
+    python benchmarks/speed.py                                  # CPU, float32
+    python benchmarks/speed.py --device cuda --dtype bf16       # GPU, bf16 autocast
+
+For every model size (``default``: d_model 64, 2 layers; ``paper``: d_model 256, 4 layers), every
+mode (``embed``: forward without autograd; ``train``: forward + backward of the masked loss, no
+optimiser step), every sequence length and both mixers (``hyena``, and ``attention``: the same
+encoder with every Hyena operator replaced by exact multi-head
+``torch.nn.functional.scaled_dot_product_attention``), one fresh subprocess builds the model,
+runs one warm-up batch and up to ``--repeats`` timed batches within ``--time-budget`` seconds,
+and reports the median time per batch and the peak memory (see ``_speed_worker.py``). A
+configuration that runs out of memory is marked ``OOM``; one that does not finish within the
+budget is killed and marked ``timeout``, and longer lengths of the same series are then skipped.
+Hyena and attention of the same length run back to back, so their ratio is measured side by
+side. ``--before-after`` (default on) also times the frozen pre-optimisation network
+(``_baseline_nn.py``) against the current one at full length.
+
+Writes ``speed_<device>.md`` (tables), ``speed_<device>.png`` (log-log plot) and
+``speed_<device>.json`` (raw numbers) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FULL_LENGTH = 19972
+MODELS = {
+    "default": dict(d_model=64, n_layers=2, order=2, filter_hidden_dim=32, attention_heads=4),
+    "paper": dict(d_model=256, n_layers=4, order=2, filter_hidden_dim=32, attention_heads=8),
+}
+DEFAULT_LENGTHS = [1000, 2000, 4000, 8000, 16000, FULL_LENGTH, 32000]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast dtype for projections and MLPs (the FFTs stay float32)")
+    p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
+                   help="comma-separated numbers of genes")
+    p.add_argument("--models", default="default,paper", help="comma-separated: default, paper")
+    p.add_argument("--mixers", default="hyena,attention")
+    p.add_argument("--modes", default="embed,train")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="cells per batch (default: 2 on CPU, 32 on CUDA)")
+    p.add_argument("--repeats", type=int, default=3, help="timed batches after one warm-up (median)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds per configuration before it is killed as 'timeout' (default 60)")
+    p.add_argument("--max-total-minutes", type=float, default=40.0,
+                   help="stop starting new configurations after this long; the rest are 'not run'")
+    p.add_argument("--memory-limit-gb", type=float, default=12.0,
+                   help="CPU only: RLIMIT_DATA of each worker, so attention fails as 'OOM' instead of "
+                   "swapping a shared machine (0: no limit)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker (default: 1 on CPU, see benchmarks/README.md; "
+                   "0: torch default)")
+    p.add_argument("--compile", action="store_true", help="compile the blocks with torch.compile")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--no-before-after", dest="before_after", action="store_false",
+                   help="skip the comparison with the pre-optimisation network")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs", "benchmarks"))
+    p.add_argument("--tag", default=None, help="output file stem (default speed_<device>[_<dtype>])")
+    args = p.parse_args(argv)
+    args.lengths = [int(v) for v in args.lengths.split(",") if v]
+    args.models = [m for m in args.models.split(",") if m]
+    args.mixers = [m for m in args.mixers.split(",") if m]
+    args.modes = [m for m in args.modes.split(",") if m]
+    if args.batch_size is None:
+        args.batch_size = 32 if args.device.startswith("cuda") else 2
+    if args.threads is None:
+        args.threads = 0 if args.device.startswith("cuda") else 1
+    if args.time_budget is None:
+        args.time_budget = 60.0
+    if args.tag is None:
+        args.tag = f"speed_{args.device.split(':')[0]}" + ("" if args.dtype == "fp32" else f"_{args.dtype}")
+    return args
+
+
+def device_description(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as fh:
+            kb = int(fh.readline().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{model}, {os.cpu_count()} cores{mem}"
+
+
+def run_config(cfg: dict, hard_limit: float) -> dict:
+    cmd = [sys.executable, os.path.join(HERE, "_speed_worker.py"), json.dumps(cfg)]
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=hard_limit)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "wall_s": time.perf_counter() - started}
+    wall = time.perf_counter() - started
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+            result["wall_s"] = wall
+            return result
+    status = "OOM" if proc.returncode in (-9, 137) else "error"  # SIGKILL: the kernel's OOM killer
+    return {"status": status, "wall_s": wall, "message": (proc.stderr or proc.stdout)[-800:]}
+
+
+def fit_exponent(lengths, values):
+    """Least-squares slope of log(value) against log(length)."""
+    pts = [(math.log(n), math.log(v)) for n, v in zip(lengths, values, strict=True) if v and v > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    os.makedirs(args.out, exist_ok=True)
+    device_text = device_description(args.device)
+    meta = {
+        "device": args.device,
+        "device_description": device_text,
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "time_budget_s": args.time_budget,
+        "memory_limit_gb": args.memory_limit_gb if args.device == "cpu" else None,
+        "threads": args.threads or torch.get_num_threads(),
+        "compile": args.compile,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "models": {m: MODELS[m] for m in args.models},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(f"# device: {device_text}; torch threads {meta['threads']}; torch {torch.__version__}; "
+          f"dtype {args.dtype}; "
+          f"batch {args.batch_size}; budget {args.time_budget:.0f} s/config", flush=True)
+    deadline = time.monotonic() + 60 * args.max_total_minutes
+    hard_limit = args.time_budget + 45.0  # process start, model build, and one step's overrun
+
+    def base_cfg(model, mode, length):
+        return dict(MODELS[model], device=args.device, dtype=args.dtype, length=length, mode=mode,
+                    batch_size=args.batch_size, repeats=args.repeats, time_budget=args.time_budget,
+                    memory_limit_gb=args.memory_limit_gb, threads=args.threads, compile=args.compile,
+                    gradient_checkpointing=args.gradient_checkpointing)
+
+    results = []
+    stopped: dict[tuple, str] = {}
+    for model in args.models:
+        for length in args.lengths:
+            for mode in args.modes:
+                for mixer in args.mixers:
+                    key = (model, mode, mixer)
+                    row = dict(model=model, mode=mode, mixer=mixer, length=length, batch_size=args.batch_size)
+                    if key in stopped:
+                        row.update(status="skipped", message=stopped[key])
+                    elif time.monotonic() > deadline:
+                        row.update(status="not run", message="--max-total-minutes reached")
+                    else:
+                        cfg = dict(base_cfg(model, mode, length), mixer=mixer)
+                        row.update(run_config(cfg, hard_limit))
+                        if row["status"] in ("OOM", "timeout"):
+                            stopped[key] = f"{row['status']} at {length} genes"
+                    results.append(row)
+                    print(_progress(row), flush=True)
+    before_after = []
+    if args.before_after and "hyena" in args.mixers:
+        for model in args.models:
+            for mode in args.modes:
+                for length in [FULL_LENGTH]:
+                    pair = {}
+                    for impl in ("baseline", "current"):
+                        if time.monotonic() > deadline:
+                            pair[impl] = {"status": "not run"}
+                            continue
+                        cfg = dict(base_cfg(model, mode, length), mixer="hyena", impl=impl, compile=False)
+                        pair[impl] = run_config(cfg, hard_limit)
+                    entry = dict(model=model, mode=mode, length=length, **pair)
+                    before_after.append(entry)
+                    print("before/after", model, mode, length,
+                          {k: _fmt_time(v) for k, v in pair.items()}, flush=True)
+    meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    payload = {"meta": meta, "results": results, "before_after": before_after}
+    payload["exponents"] = exponents(results)
+    json_path = os.path.join(args.out, args.tag + ".json")
+    with open(json_path, "w") as fh:
+        json.dump(payload, fh, indent=1, default=float)
+    md = report_markdown(payload)
+    with open(os.path.join(args.out, args.tag + ".md"), "w") as fh:
+        fh.write(md)
+    try:
+        plot(payload, os.path.join(args.out, args.tag + ".png"))
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+    print(md)
+    return payload
+
+
+def _fmt_time(r):
+    if r.get("status") != "ok":
+        return r.get("status")
+    return f"{r['sec_per_batch']:.3f} s/batch"
+
+
+def _progress(row):
+    text = f"{row['model']:8s} {row['mode']:6s} {row['mixer']:10s} L={row['length']:6d} "
+    if row["status"] == "ok":
+        return text + (f"{row['cells_per_s']:9.2f} cells/s  {row['sec_per_batch']:8.3f} s/batch  "
+                       f"{row['peak_mem_mb']:9.1f} MB  (wall {row['wall_s']:.0f} s)")
+    return text + row["status"] + (f" ({row.get('message', '')[:200]})" if row.get("message") else "")
+
+
+def exponents(results, lo=2000, hi=32000):
+    """Log-log slopes of time per cell and peak memory over ``lo <= L <= hi`` (ok entries only)."""
+    out = []
+    series = sorted({(r["model"], r["mode"], r["mixer"]) for r in results})
+    for model, mode, mixer in series:
+        rows = [r for r in results if (r["model"], r["mode"], r["mixer"]) == (model, mode, mixer)
+                and r["status"] == "ok" and lo <= r["length"] <= hi]
+        lengths = [r["length"] for r in rows]
+        out.append(dict(
+            model=model, mode=mode, mixer=mixer, n_points=len(rows),
+            range=f"{min(lengths)}-{max(lengths)}" if lengths else "",
+            time_exponent=fit_exponent(lengths, [r["sec_per_batch"] for r in rows]),
+            memory_exponent=fit_exponent(lengths, [r["peak_mem_mb"] for r in rows]),
+        ))
+    return out
+
+
+def _cell(r, budget):
+    if r is None:
+        return "", ""
+    s = r["status"]
+    if s == "ok":
+        mark = "†" if r.get("single_cold_run") else ""
+        return f"{r['cells_per_s']:.3g}{mark}", f"{r['peak_mem_mb']:.0f}"
+    if s == "timeout":
+        return f"timeout (> {budget:.0f} s/batch)", "-"
+    if s == "skipped":
+        return f"skipped ({r.get('message', '')})", "-"
+    return s, "-"
+
+
+def report_markdown(payload) -> str:
+    meta, results = payload["meta"], payload["results"]
+    budget = meta["time_budget_s"]
+    lines = [
+        f"# scHyena speed benchmark: {meta['device']} ({meta['dtype']})",
+        "",
+        f"* Device: **{meta['device_description']}**, torch threads per worker: {meta['threads']}",
+        f"* torch {meta['torch']}, Python {meta['python']}; dtype {meta['dtype']}"
+        + (" (autocast; FFTs in float32)" if meta["dtype"] != "fp32" else ""),
+        f"* Batch size {meta['batch_size']} cells; one warm-up batch, then up to {meta['repeats']} timed "
+        f"batches (median) within a budget of {budget:.0f} s per configuration; each configuration in a "
+        "fresh process.",
+        "* `embed`: forward without autograd. `train`: forward + backward of the masked-expression loss "
+        "(15% masked), no optimiser step.",
+        "* Memory: " + ("peak CUDA memory allocated during the timed batches, minus model and inputs."
+                        if meta["device"].startswith("cuda") else
+                        "peak resident memory (VmHWM after resetting it) minus the resident size before the "
+                        f"first batch, i.e. what the batches add on top of model and inputs; workers are "
+                        f"limited to {meta['memory_limit_gb']} GB (RLIMIT_DATA)."),
+        "* Attention: same encoder, each Hyena operator replaced by exact multi-head softmax attention "
+        "(`F.scaled_dot_product_attention`, non-causal). Speed ratio = attention time / Hyena time.",
+        "* † = the warm-up batch alone took more than half the budget, so that single (cold) run is "
+        "reported.",
+        f"* Run {meta['started']} - {meta.get('finished', '')}.",
+        "",
+    ]
+    for model in meta["models"]:
+        spec = meta["models"][model]
+        for mode in sorted({r["mode"] for r in results}):
+            lines += [
+                f"## {model} model (d_model {spec['d_model']}, {spec['n_layers']} layers), {mode} "
+                f"- {meta['device_description']}, {meta['dtype']}",
+                "",
+                "| genes | Hyena cells/s | Hyena peak MB | attention cells/s | attention peak MB "
+                "| speed ratio | memory ratio |",
+                "|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for length in sorted({r["length"] for r in results}):
+                h = _find(results, model, mode, "hyena", length)
+                a = _find(results, model, mode, "attention", length)
+                hc, hm = _cell(h, budget)
+                ac, am = _cell(a, budget)
+                ratio = mratio = ""
+                if h and h["status"] == "ok" and a:
+                    if a["status"] == "ok":
+                        ratio = f"{a['sec_per_batch'] / h['sec_per_batch']:.1f}x"
+                        if h["peak_mem_mb"] > 0:
+                            mratio = f"{a['peak_mem_mb'] / h['peak_mem_mb']:.1f}x"
+                    elif a["status"] == "timeout":
+                        ratio = f">= {budget / h['sec_per_batch']:.0f}x"
+                lines.append(f"| {length:,} | {hc} | {hm} | {ac} | {am} | {ratio} | {mratio} |")
+            lines.append("")
+    lines += [
+        "## Fitted log-log exponents (time per cell and peak memory against genes, 2k-32k)",
+        "",
+        f"Device: {meta['device_description']}, {meta['dtype']}.",
+        "",
+        "| model | mode | mixer | points | range | time exponent | memory exponent |",
+        "|---|---|---|---:|---|---:|---:|",
+    ]
+    for e in payload["exponents"]:
+        te = "" if e["time_exponent"] is None else f"{e['time_exponent']:.2f}"
+        me = "" if e["memory_exponent"] is None else f"{e['memory_exponent']:.2f}"
+        lines.append(f"| {e['model']} | {e['mode']} | {e['mixer']} | {e['n_points']} | {e['range']} "
+                     f"| {te} | {me} |")
+    if payload.get("before_after"):
+        lines += [
+            "",
+            "## Before / after the speed work (same run, same weights, Hyena mixer)",
+            "",
+            f"Device: {meta['device_description']}, {meta['dtype']}. `before` is the network as of "
+            "commit 9cd6428 (`benchmarks/_baseline_nn.py`).",
+            "",
+            "| model | mode | genes | before s/batch | after s/batch | speed-up "
+            "| before peak MB | after peak MB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for e in payload["before_after"]:
+            b, c = e["baseline"], e["current"]
+            if b.get("status") == "ok" and c.get("status") == "ok":
+                lines.append(
+                    f"| {e['model']} | {e['mode']} | {e['length']:,} | {b['sec_per_batch']:.3f} | "
+                    f"{c['sec_per_batch']:.3f} | {b['sec_per_batch'] / c['sec_per_batch']:.2f}x | "
+                    f"{b['peak_mem_mb']:.0f} | {c['peak_mem_mb']:.0f} |")
+            else:
+                lines.append(f"| {e['model']} | {e['mode']} | {e['length']:,} | {b.get('status')} | "
+                             f"{c.get('status')} | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _find(results, model, mode, mixer, length):
+    for r in results:
+        if (r["model"], r["mode"], r["mixer"], r["length"]) == (model, mode, mixer, length):
+            return r
+    return None
+
+
+def plot(payload, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta, results = payload["meta"], payload["results"]
+    modes = sorted({r["mode"] for r in results})
+    fig, axes = plt.subplots(2, len(modes), figsize=(5.5 * len(modes), 8), squeeze=False)
+    styles = {"hyena": "-o", "attention": "--s"}
+    colors = {"default": "tab:blue", "paper": "tab:red"}
+    for j, mode in enumerate(modes):
+        for model in meta["models"]:
+            for mixer in ("hyena", "attention"):
+                key = (model, mode, mixer)
+                rows = sorted((r for r in results if (r["model"], r["mode"], r["mixer"]) == key
+                               and r["status"] == "ok"), key=lambda r: r["length"])
+                if not rows:
+                    continue
+                n = [r["length"] for r in rows]
+                label = f"{mixer} ({model})"
+                axes[0, j].loglog(n, [r["sec_per_batch"] / r["batch_size"] for r in rows], styles[mixer],
+                                  color=colors.get(model), label=label)
+                axes[1, j].loglog(n, [max(r["peak_mem_mb"], 1e-3) for r in rows], styles[mixer],
+                                  color=colors.get(model), label=label)
+                failed = [r for r in results if (r["model"], r["mode"], r["mixer"]) == (model, mode, mixer)
+                          and r["status"] in ("timeout", "OOM")]
+                for r in failed:
+                    where = (r["length"], rows[-1]["sec_per_batch"] / r["batch_size"])
+                    axes[0, j].annotate(r["status"], where, color=colors.get(model), fontsize=8, rotation=30)
+        axes[0, j].set_title(f"{mode}: time per cell")
+        axes[0, j].set_ylabel("seconds per cell")
+        axes[1, j].set_title(f"{mode}: peak memory added by a batch of {meta['batch_size']}")
+        axes[1, j].set_ylabel("MB")
+        for i in range(2):
+            axes[i, j].set_xlabel("genes (sequence length)")
+            axes[i, j].grid(True, which="both", alpha=0.3)
+            axes[i, j].axvline(FULL_LENGTH, color="grey", lw=0.8, ls=":")
+        axes[0, j].legend(fontsize=8)
+    title = f"scHyena vs attention - {meta['device_description']}, {meta['dtype']}, torch {meta['torch']}"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
