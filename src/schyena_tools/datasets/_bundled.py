@@ -61,12 +61,30 @@ def zeisel_brain() -> ad.AnnData:
     return _read_bundled("zeisel2015_3005x4000", "level1class")
 
 
+#: Our grouping of the gpsFISH subclasses into the major classes of Zeisel 2015 (level 1).
+_ZEISEL_550_MAJOR_CLASS = {
+    "Astrocyte1": "astrocytes",
+    "Astrocyte2": "astrocytes",
+    "Endothelial2": "endothelial-mural",
+    "Vsmc": "endothelial-mural",
+    "Hippocampus_Excitatory": "neurons",
+    "S1_Excitatory_L23": "neurons",
+    "S1_Excitatory_L45a": "neurons",
+    "Interneuron": "neurons",
+    "Oligo_MF": "oligodendrocytes",
+    "Oligo_Mature": "oligodendrocytes",
+    "Pvm": "microglia-macrophages",
+}
+
+
 def zeisel_brain_all_genes() -> ad.AnnData:
     """Mouse cortex and hippocampus, 550 cells x all 19,972 genes (Zeisel 2015): full length.
 
     Fifty cells from each of 11 subclasses with every gene of the original study, the data set
     for which scHyena's one-token-per-gene design matters. ``obs`` holds ``subclass`` (11),
-    ``class`` (GABAergic, Glutamatergic, Non-neuronal) and ``cell_type``, a copy of ``subclass``.
+    ``class`` (GABAergic, Glutamatergic, Non-neuronal), ``cell_type``, a copy of ``subclass``,
+    and ``major_class``: our grouping of the subclasses into neurons, astrocytes,
+    oligodendrocytes, microglia-macrophages (perivascular macrophages) and endothelial-mural.
 
     Returns
     -------
@@ -77,7 +95,9 @@ def zeisel_brain_all_genes() -> ad.AnnData:
     Source: gpsFISH (MIT licence), ``data/sc_count.rda`` and ``data/sc_cluster.rda``.
     Please cite: Zeisel A. et al. (2015) Science 347(6226):1138-1142. doi:10.1126/science.aaa1934
     """
-    return _read_bundled("zeisel2015_550x19972", "subclass")
+    adata = _read_bundled("zeisel2015_550x19972", "subclass")
+    adata.obs["major_class"] = pd.Categorical(adata.obs["subclass"].astype(str).map(_ZEISEL_550_MAJOR_CLASS))
+    return adata
 
 
 def lamanno_midbrain_dopaminergic() -> ad.AnnData:

@@ -13,6 +13,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from schyena_tools.nn import SCHyenaEncoder
+from schyena_tools.nn.heads import CellExpressionHead
 
 OBJECTIVES = ("pretrain",)
 
@@ -86,6 +87,7 @@ class SCHyenaModule(BaseModuleClass):
             dropout=dropout,
             gradient_checkpointing=gradient_checkpointing,
         )
+        self.cell_expression_head = CellExpressionHead(d_model, n_genes)
         # What the training step optimises; the model class sets it for each training phase.
         self.objective = "pretrain"
         self.mask_ratio = 0.15
@@ -134,12 +136,14 @@ class SCHyenaModule(BaseModuleClass):
             else None
         )
         out = self.encoder(values, masked=masked, missing=missing)
+        cell_prediction = self.cell_expression_head(out.cell_embedding, self.encoder.gene_embedding.weight)
         return {
             "values": values,
             "masked": masked,
             "missing": missing,
             "predicted_expression": out.predicted_expression,
             "cell_embedding": out.cell_embedding,
+            "cell_predicted_expression": cell_prediction,
         }
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
@@ -157,17 +161,34 @@ class SCHyenaModule(BaseModuleClass):
 
     @staticmethod
     def masked_expression_loss(inference_outputs: dict) -> LossOutput:
-        """Mean squared error on the masked entries (log-normalised scale), averaged per cell."""
+        """Masked expression modelling loss, per cell, on the log-normalised scale.
+
+        The sum of two mean squared errors: the per-gene head on the masked entries (the
+        paper's objective), and the cell-embedding head on every measured gene (so that the
+        cell embedding summarises the whole cell; see
+        :class:`~schyena_tools.nn.heads.CellExpressionHead`). Both are logged separately as
+        ``masked_mse`` and ``cell_mse``.
+        """
         masked = inference_outputs["masked"]
         if masked is None:
             raise RuntimeError("masked expression loss needs masked values; set mask_values=True")
-        weights = masked.float()
-        squared = F.mse_loss(
-            inference_outputs["predicted_expression"], inference_outputs["values"], reduction="none"
-        )
-        per_cell = (squared * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        values = inference_outputs["values"]
+        masked_weights = masked.float()
+        token_error = F.mse_loss(inference_outputs["predicted_expression"], values, reduction="none")
+        masked_mse = (token_error * masked_weights).sum(1) / masked_weights.sum(1).clamp_min(1.0)
+
+        missing = inference_outputs["missing"]
+        measured = torch.ones_like(values) if missing is None else (~missing).expand_as(values).float()
+        cell_error = F.mse_loss(inference_outputs["cell_predicted_expression"], values, reduction="none")
+        cell_mse = (cell_error * measured).sum(1) / measured.sum(1).clamp_min(1.0)
+
+        per_cell = masked_mse + cell_mse
         return LossOutput(
             loss=per_cell.mean(),
             reconstruction_loss=per_cell,
-            extra_metrics={"masked_fraction": weights.mean().detach()},
+            extra_metrics={
+                "masked_mse": masked_mse.mean().detach(),
+                "cell_mse": cell_mse.mean().detach(),
+                "masked_fraction": masked_weights.mean().detach(),
+            },
         )
