@@ -20,6 +20,9 @@ from scvi.utils import setup_anndata_dsp
 
 from schyena_tools.module import SCHyenaModule
 
+from ._finetune import FineTuneMixin
+from ._query import QueryMixin
+
 logger = logging.getLogger(__name__)
 
 #: Cells per minibatch when the user gives none. Each cell is a sequence of every gene, so
@@ -27,7 +30,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 16
 
 
-class SCHyena(BaseModelClass):
+class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
     """scHyena: a foundation model that reads every gene of a cell (Oh et al., 2023).
 
     Each gene of the model's ordered gene vocabulary is one token: a linear adaptor lifts its
@@ -114,6 +117,7 @@ class SCHyena(BaseModelClass):
             dropout=dropout,
             gradient_checkpointing=gradient_checkpointing,
             target_sum=target_sum,
+            n_labels=self._n_classifier_labels(),
         )
         self.module.gene_index = self._gene_index_for(adata)
         self.phase_history_: dict[str, dict[str, pd.DataFrame]] = {}

@@ -11,11 +11,15 @@ import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
 
 from schyena_tools.nn import SCHyenaEncoder
 from schyena_tools.nn.heads import CellExpressionHead
 
-OBJECTIVES = ("pretrain",)
+OBJECTIVES = ("pretrain", "classify", "impute")
+
+#: Target index that cross-entropy ignores: cells with the unlabeled category.
+IGNORE_LABEL = -100
 
 
 def log_normalize(counts: torch.Tensor, target_sum: float) -> torch.Tensor:
@@ -60,6 +64,10 @@ class SCHyenaModule(BaseModuleClass):
         Network size; see :class:`~schyena_tools.nn.SCHyenaEncoder`.
     target_sum
         Counts per cell after library-size normalisation (before ``log1p``).
+    n_labels
+        Number of cell-type classes of the classification head (the unlabeled category not
+        counted); 0 builds no head.
+
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class SCHyenaModule(BaseModuleClass):
         dropout: float = 0.0,
         gradient_checkpointing: bool = False,
         target_sum: float = 1e4,
+        n_labels: int = 0,
     ):
         super().__init__()
         self.n_genes = n_genes
@@ -88,10 +97,21 @@ class SCHyenaModule(BaseModuleClass):
             gradient_checkpointing=gradient_checkpointing,
         )
         self.cell_expression_head = CellExpressionHead(d_model, n_genes)
+        self.n_labels = n_labels
+        # Classification head on the cell embedding: LayerNorm then a linear layer, i.e. a
+        # multinomial logistic regression on the (normalised) embedding. Kept linear on purpose:
+        # fine-tuning moves the encoder, and a deep head on a few hundred labelled cells overfits.
+        self.classifier = (
+            nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(0.1), nn.Linear(d_model, n_labels))
+            if n_labels > 0
+            else None
+        )
         # What the training step optimises; the model class sets it for each training phase.
         self.objective = "pretrain"
         self.mask_ratio = 0.15
         self.zero_mask_ratio = 0.015
+        # Fraction of each cell's non-zero counts dropped (set to zero) in imputer training.
+        self.dropout_ratio = 0.1
         # Position in the registered data of each vocabulary gene, -1 where it was not measured.
         # None means the data columns are exactly the vocabulary, in order.
         self.gene_index: torch.Tensor | None = None
@@ -111,10 +131,20 @@ class SCHyenaModule(BaseModuleClass):
         return aligned, missing
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        return {"counts": tensors[REGISTRY_KEYS.X_KEY], "mask_values": self.objective == "pretrain"}
+        return {
+            "counts": tensors[REGISTRY_KEYS.X_KEY],
+            "mask_values": self.objective == "pretrain",
+            "simulate_dropout": self.objective == "impute",
+        }
 
     @auto_move_data
-    def inference(self, counts: torch.Tensor, mask_values: bool = False) -> dict:
+    def inference(
+        self,
+        counts: torch.Tensor,
+        mask_values: bool = False,
+        simulate_dropout: bool = False,
+        mask_zeros: bool = False,
+    ) -> dict:
         """Normalise, align to the vocabulary, optionally mask, and encode.
 
         Parameters
@@ -122,22 +152,45 @@ class SCHyenaModule(BaseModuleClass):
         counts
             ``(cells, genes of the registered data)`` raw counts.
         mask_values
-            Hide a random subset of values (masked expression modelling). Only training steps
-            ask for it; embeddings and predictions never mask.
+            Hide a random subset of values (masked expression modelling). Only pre-training steps
+            ask for it; embeddings and predictions never mask at random.
+        simulate_dropout
+            Imputer training: set a random fraction ``dropout_ratio`` of each cell's non-zero
+            counts to zero *before* normalisation (as a real dropout would), then treat every zero
+            as unknown (``mask_zeros``). The original values of the dropped entries are returned
+            as ``dropout_targets`` for :meth:`imputation_loss`.
+        mask_zeros
+            Replace every measured zero by the mask token: a zero is either a dropout or a gene
+            that is off, so the network is told "unknown" and predicts the value from the rest of
+            the cell. Imputation uses it.
+
         """
         counts = counts.float()
+        dropped = None
+        if simulate_dropout:
+            dropped = (counts > 0) & (torch.rand_like(counts) < self.dropout_ratio)
+            observed_counts = counts.masked_fill(dropped, 0.0)
+            # Targets on the scale the network sees: normalised by the library left after the
+            # dropout, so a perfect imputer would put the hidden count back exactly.
+            library = observed_counts.sum(dim=1, keepdim=True).clamp_min(1e-8)
+            dropout_targets = torch.log1p(counts / library * self.target_sum)
+            counts = observed_counts
+            mask_zeros = True
         # Library size over the genes the data measured, before alignment, so that a gene panel
         # that misses part of the vocabulary is not normalised as if the missing genes were zero.
         values = log_normalize(counts, self.target_sum)
         values, missing = self.align_to_vocabulary(values)
-        masked = (
-            sample_expression_mask(values, self.mask_ratio, self.zero_mask_ratio, missing)
-            if mask_values
-            else None
-        )
+        if mask_values:
+            masked = sample_expression_mask(values, self.mask_ratio, self.zero_mask_ratio, missing)
+        elif mask_zeros:
+            masked = values == 0
+            if missing is not None:
+                masked = masked & ~missing
+        else:
+            masked = None
         out = self.encoder(values, masked=masked, missing=missing)
         cell_prediction = self.cell_expression_head(out.cell_embedding, self.encoder.gene_embedding.weight)
-        return {
+        result = {
             "values": values,
             "masked": masked,
             "missing": missing,
@@ -145,18 +198,30 @@ class SCHyenaModule(BaseModuleClass):
             "cell_embedding": out.cell_embedding,
             "cell_predicted_expression": cell_prediction,
         }
+        if dropped is not None:
+            dropped_aligned, _ = self.align_to_vocabulary(dropped.float())
+            targets_aligned, _ = self.align_to_vocabulary(dropout_targets)
+            result["dropped"] = dropped_aligned > 0
+            result["dropout_targets"] = targets_aligned
+        if self.classifier is not None:
+            result["logits"] = self.classifier(out.cell_embedding)
+        return result
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         return {}
 
     def generative(self, **kwargs) -> dict:
-        """scHyena is not generative; kept because scvi-tools' forward calls it."""
+        """Not generative; kept because scvi-tools' forward calls it."""
         return {}
 
     def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
         """Loss of the current ``objective``."""
         if self.objective == "pretrain":
             return self.masked_expression_loss(inference_outputs)
+        if self.objective == "classify":
+            return self.classification_loss(tensors, inference_outputs)
+        if self.objective == "impute":
+            return self.imputation_loss(inference_outputs)
         raise ValueError(f"unknown training objective {self.objective!r}; expected one of {OBJECTIVES}")
 
     @staticmethod
@@ -190,5 +255,76 @@ class SCHyenaModule(BaseModuleClass):
                 "masked_mse": masked_mse.mean().detach(),
                 "cell_mse": cell_mse.mean().detach(),
                 "masked_fraction": masked_weights.mean().detach(),
+            },
+        )
+
+    def classification_loss(self, tensors: dict, inference_outputs: dict) -> LossOutput:
+        """Cross-entropy of the classification head; unlabelled cells are left out.
+
+        scvi-tools' labels-with-unlabelled field codes the unlabeled category as the last index,
+        ``n_labels``; those cells get the ignored target. A minibatch of unlabelled cells only
+        contributes a zero loss (with a graph, so the optimiser step stays valid).
+        """
+        if self.classifier is None:
+            raise RuntimeError("this module has no classification head (n_labels=0)")
+        logits = inference_outputs["logits"]
+        labels = tensors[REGISTRY_KEYS.LABELS_KEY].reshape(-1).long().to(logits.device)
+        labelled = labels < self.n_labels
+        targets = labels.masked_fill(~labelled, IGNORE_LABEL)
+        if labelled.any():
+            per_cell = F.cross_entropy(logits, targets, ignore_index=IGNORE_LABEL, reduction="none")
+            loss = per_cell.sum() / labelled.sum()
+            accuracy = (logits.argmax(1)[labelled] == labels[labelled]).float().mean()
+        else:
+            per_cell = logits.sum(1) * 0.0
+            loss = per_cell.sum()
+            accuracy = torch.tensor(float("nan"), device=logits.device)
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss=per_cell,
+            extra_metrics={"accuracy": accuracy.detach(), "labelled_fraction": labelled.float().mean()},
+        )
+
+    @staticmethod
+    def imputation_loss(inference_outputs: dict) -> LossOutput:
+        """Dropout-recovery loss on the log-normalised scale, per cell.
+
+        Three mean squared errors of the per-gene head, each averaged over its own entries so
+        that no group swamps the others: ``dropout_mse`` on the counts set to zero by the
+        simulated dropout (target: their original value), ``zero_mse`` on the genes that really
+        read zero (target: 0) and ``observed_mse`` on the values left visible (target: the
+        value). Seen from the network, a dropped gene and an unexpressed gene look the same (the
+        mask token), so the first two terms together teach it to tell them apart from context.
+        Missing genes are never scored.
+        """
+        dropped = inference_outputs.get("dropped")
+        if dropped is None:
+            raise RuntimeError("imputation loss needs simulated dropout; set simulate_dropout=True")
+        values = inference_outputs["values"]
+        prediction = inference_outputs["predicted_expression"]
+        missing = inference_outputs["missing"]
+        measured = (
+            torch.ones_like(values, dtype=torch.bool) if missing is None else (~missing).expand_as(values)
+        )
+        true_zero = (values == 0) & ~dropped & measured
+        visible = (values > 0) & measured
+        targets = torch.where(dropped, inference_outputs["dropout_targets"], values)
+        error = (prediction - targets) ** 2
+
+        def mean_over(selection: torch.Tensor) -> torch.Tensor:
+            weights = selection.float()
+            return (error * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+        dropout_mse = mean_over(dropped & measured)
+        zero_mse = mean_over(true_zero)
+        observed_mse = mean_over(visible)
+        per_cell = dropout_mse + zero_mse + observed_mse
+        return LossOutput(
+            loss=per_cell.mean(),
+            reconstruction_loss=per_cell,
+            extra_metrics={
+                "dropout_mse": dropout_mse.mean().detach(),
+                "zero_mse": zero_mse.mean().detach(),
+                "observed_mse": observed_mse.mean().detach(),
             },
         )

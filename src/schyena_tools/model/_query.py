@@ -1,0 +1,201 @@
+"""Applying a pre-trained scHyena to data with another gene panel (mixin of :class:`SCHyena`)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pandas as pd
+from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+
+def match_genes_to_vocabulary(
+    vocabulary: pd.Index, query_genes: pd.Index, case_insensitive: bool = False
+) -> pd.Series:
+    """Map each vocabulary gene to the query gene measuring it.
+
+    Exact matches first; with ``case_insensitive``, the vocabulary genes left over are then
+    matched ignoring case (``Gapdh`` to ``GAPDH``, e.g. mouse and human symbols).
+
+    Returns
+    -------
+    Series indexed by the vocabulary, holding the matched query gene name or ``None``.
+
+    """
+    if query_genes.has_duplicates:
+        duplicated = query_genes[query_genes.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"the query's var_names are not unique (e.g. {duplicated}); call adata.var_names_make_unique()."
+        )
+    matched = pd.Series([g if g in query_genes else None for g in vocabulary], index=vocabulary, dtype=object)
+    if case_insensitive:
+        used = set(matched.dropna())
+        by_lower: dict[str, list[str]] = {}
+        for gene in query_genes:
+            if gene not in used:
+                by_lower.setdefault(gene.lower(), []).append(gene)
+        for position, gene in enumerate(vocabulary):
+            if matched.iat[position] is not None:
+                continue
+            candidates = by_lower.get(gene.lower(), [])
+            if len(candidates) > 1:
+                raise ValueError(
+                    f"vocabulary gene {gene!r} matches several query genes ignoring case: {candidates}; "
+                    "make the query's gene names unique ignoring case, or use case_insensitive=False."
+                )
+            if candidates:
+                matched.iat[position] = candidates[0]
+                by_lower.pop(gene.lower())
+    return matched
+
+
+class QueryMixin:
+    """``load_query_data`` for :class:`~schyena_tools.SCHyena`: a new dataset, another gene panel."""
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: AnnData,
+        reference_model,
+        case_insensitive: bool = False,
+    ):
+        """Build a model for ``adata`` (any gene panel) from a trained reference model.
+
+        The query model keeps the reference's gene vocabulary and architecture and starts from
+        its weights: the encoder (and pre-training heads) always, the classification head only
+        when the query's label categories are those of the reference (or the query has no
+        labels, see below). Vocabulary genes that the query did not measure get the learned
+        missing token: they are left out of the cell embedding and never scored in any loss.
+        Query genes outside the vocabulary are dropped (one warning says how many). Then
+        fine-tune it (:meth:`train`, :meth:`train_classifier`, :meth:`train_imputer`) or use it
+        as it is.
+
+        Parameters
+        ----------
+        adata
+            Query AnnData of raw counts. If it is not registered yet, it is registered with the
+            reference's ``setup_anndata`` arguments (layer, labels_key, batch_key,
+            unlabeled_category); register it yourself with ``SCHyena.setup_anndata`` to use
+            other keys. When the reference's ``labels_key`` column is absent from ``adata.obs``,
+            it is added, filled with the unlabeled category and carrying the reference's
+            categories (as scvi-tools does for scANVI queries), so that the reference's
+            classifier predicts on the query directly.
+        reference_model
+            A trained :class:`~schyena_tools.SCHyena`.
+        case_insensitive
+            Also match gene names ignoring case (exact matches first), e.g. mouse ``Gapdh`` to
+            human ``GAPDH``. The query model's vocabulary then spells matched genes as the query
+            does, so it saves and loads with the query's ``var_names``.
+
+        Returns
+        -------
+        A new model registered on ``adata``.
+
+        """
+        if not isinstance(reference_model, cls):
+            raise TypeError(f"reference_model must be a {cls.__name__}, got {type(reference_model).__name__}")
+        if not isinstance(adata, AnnData):
+            raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}")
+        vocabulary = pd.Index(reference_model.gene_vocabulary, dtype=str)
+        query_genes = pd.Index(adata.var_names, dtype=str)
+        matched = match_genes_to_vocabulary(vocabulary, query_genes, case_insensitive)
+        n_matched = int(matched.notna().sum())
+        if n_matched == 0:
+            hint = (
+                ""
+                if case_insensitive
+                else " If only the case differs (mouse vs human), use case_insensitive=True."
+            )
+            raise ValueError(
+                f"none of the query's {len(query_genes)} genes (e.g. {query_genes[:3].tolist()}) is in the "
+                f"reference vocabulary of {len(vocabulary)} genes (e.g. {vocabulary[:3].tolist()}).{hint}"
+            )
+        n_dropped = len(query_genes) - n_matched
+        if n_dropped:
+            warnings.warn(
+                f"{n_dropped} of the query's {len(query_genes)} genes are not in the reference vocabulary "
+                f"and are ignored; {len(vocabulary) - n_matched} of the {len(vocabulary)} vocabulary genes "
+                "are missing from the query and get the missing token.",
+                UserWarning,
+                stacklevel=2,
+            )
+        # The query vocabulary: the reference's genes, in the reference's order, spelled as the
+        # query spells them where matched (so exact matching reproduces the mapping on load).
+        query_vocabulary = [q if q is not None else v for v, q in zip(vocabulary, matched, strict=True)]
+        if pd.Index(query_vocabulary).has_duplicates:
+            raise ValueError(
+                "case-insensitive matching renamed a vocabulary gene onto another one; "
+                "use case_insensitive=False."
+            )
+
+        if cls._get_most_recent_anndata_manager(adata) is None:
+            cls._setup_query_like_reference(adata, reference_model)
+
+        init_params = dict(reference_model.init_params_.get("non_kwargs", {}))
+        init_params.update(reference_model.init_params_.get("kwargs", {}))
+        init_params["gene_vocabulary"] = query_vocabulary
+        query_model = cls(adata, **init_params)
+
+        reference_state = reference_model.module.state_dict()
+        same_classes = (
+            query_model.module.classifier is not None
+            and reference_model.module.classifier is not None
+            and query_model._label_classes() == reference_model._label_classes()
+        )
+        transferred = {
+            key: value
+            for key, value in reference_state.items()
+            if same_classes or not key.startswith("classifier.")
+        }
+        missing_keys, unexpected = query_model.module.load_state_dict(transferred, strict=False)
+        unexplained = [k for k in missing_keys if not k.startswith("classifier.")]
+        if unexplained or unexpected:
+            raise RuntimeError(
+                f"weights do not transfer: missing {unexplained}, unexpected {list(unexpected)}"
+            )
+        for attribute in ("mask_ratio", "zero_mask_ratio", "dropout_ratio"):
+            setattr(query_model.module, attribute, getattr(reference_model.module, attribute))
+        query_model.is_trained_ = reference_model.is_trained_
+        query_model.is_classifier_trained_ = same_classes and getattr(
+            reference_model, "is_classifier_trained_", False
+        )
+        query_model.n_vocabulary_genes_measured_ = n_matched
+        logger.info(
+            "query model: %d of %d vocabulary genes measured; classifier %s",
+            n_matched,
+            len(vocabulary),
+            "transferred" if same_classes else "re-initialised",
+        )
+        return query_model
+
+    @classmethod
+    def _setup_query_like_reference(cls, adata: AnnData, reference_model) -> None:
+        """Register ``adata`` with the reference's ``setup_anndata`` arguments."""
+        args = dict(reference_model.adata_manager.registry.get("setup_args", {}))
+        layer = args.get("layer")
+        if layer is not None and layer not in adata.layers:
+            raise ValueError(
+                f"the reference read counts from layer {layer!r}, which the query lacks; register the "
+                "query first with SCHyena.setup_anndata(adata, layer=...)."
+            )
+        batch_key = args.get("batch_key")
+        if batch_key is not None and batch_key not in adata.obs:
+            batch_key = None
+        labels_key = args.get("labels_key")
+        unlabeled = args.get("unlabeled_category", "Unknown")
+        if labels_key is not None and labels_key not in adata.obs:
+            classes = reference_model._label_classes()
+            warnings.warn(
+                f"the query has no labels column {labels_key!r}; adding it, filled with the unlabeled "
+                f"category {unlabeled!r}, so the reference's classifier applies.",
+                UserWarning,
+                stacklevel=3,
+            )
+            adata.obs[labels_key] = pd.Categorical(
+                [unlabeled] * adata.n_obs, categories=[*classes, unlabeled]
+            )
+        cls.setup_anndata(
+            adata, layer=layer, labels_key=labels_key, batch_key=batch_key, unlabeled_category=unlabeled
+        )
