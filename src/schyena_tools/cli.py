@@ -1,11 +1,144 @@
-"""Command line: ``schyena-tools <command>``, for pipelines that pass h5ad files."""
+"""Command line: ``schyena-tools <command>``, for pipelines that pass h5ad files.
+
+Every command reads an h5ad of raw counts and writes a new h5ad holding the input plus its
+results under the documented keys (``obsm["X_schyena"]``, ``obs["schyena_prediction"]``,
+``obs["schyena_confidence"]``, ``layers["schyena_imputed"]``). Bad arguments (a missing file, an
+unknown key) stop with a one-line error and exit code 2 before any work is done.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
+
+#: Name under which ``--model`` finds the model shipped with the package.
+BUNDLED_MODEL_NAME = "zeisel-brain"
 
 
+class UsageError(Exception):
+    """A problem with the command's arguments or input files, reported in one line."""
+
+
+# ---------------------------------------------------------------------- helpers
+def _say(message: str, args: argparse.Namespace) -> None:
+    if not getattr(args, "quiet", False):
+        print(f"[schyena-tools {args.command}] {message}", file=sys.stderr, flush=True)
+
+
+def _check_input(path: str) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"input file {path!r} does not exist")
+    if file.suffix != ".h5ad":
+        raise UsageError(f"input file {path!r} is not an .h5ad file")
+    return file
+
+
+def _check_output(path: str) -> Path:
+    file = Path(path)
+    if file.suffix != ".h5ad":
+        raise UsageError(f"output {path!r} must end in .h5ad")
+    if not file.parent.exists():
+        raise UsageError(f"the folder of output {path!r} does not exist")
+    return file
+
+
+def _check_model(name_or_folder: str) -> Path:
+    from schyena_tools.pretrained import ZEISEL_BRAIN_MODEL_DIR
+    from schyena_tools.pretrained._load import MODEL_FILE
+
+    folder = Path(name_or_folder)
+    if not folder.exists() and name_or_folder == BUNDLED_MODEL_NAME:
+        folder = ZEISEL_BRAIN_MODEL_DIR
+    if not (folder / MODEL_FILE).is_file():
+        raise UsageError(
+            f"model {name_or_folder!r} is neither a folder written by 'schyena-tools pretrain' / model.save "
+            f"nor the bundled model's name {BUNDLED_MODEL_NAME!r}"
+        )
+    return folder
+
+
+def _read(path: Path, args: argparse.Namespace):
+    import anndata as ad
+
+    _say(f"reading {path}", args)
+    adata = ad.read_h5ad(path)
+    layer = getattr(args, "layer", None)
+    if layer is not None and layer not in adata.layers:
+        raise UsageError(f"{path} has no layer {layer!r}; layers: {list(adata.layers)}")
+    for option in ("labels_key", "batch_key"):
+        key = getattr(args, option, None)
+        if key is not None and key not in adata.obs:
+            raise UsageError(
+                f"{path} has no obs column {key!r} (--{option.replace('_', '-')}); "
+                f"columns: {list(adata.obs.columns)}"
+            )
+    return adata
+
+
+def _working_copy(adata, args: argparse.Namespace, keep_obs: tuple[str, ...] = ()):
+    """A light AnnData for the model (counts and the needed obs columns only).
+
+    scvi-tools adds bookkeeping columns to the data it registers; working on this copy keeps
+    them out of the user's output file.
+    """
+    from anndata import AnnData
+
+    layer = getattr(args, "layer", None)
+    counts = adata.X if layer is None else adata.layers[layer]
+    obs = adata.obs[[key for key in keep_obs if key is not None]].copy()
+    return AnnData(X=counts, obs=obs, var=adata.var[[]].copy())
+
+
+def _seed(args: argparse.Namespace) -> None:
+    import scvi
+
+    scvi.settings.seed = args.seed
+
+
+def _trainer_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "max_epochs": args.max_epochs,
+        "batch_size": args.batch_size,
+        "accelerator": args.accelerator,
+        "devices": args.devices,
+        "enable_progress_bar": not args.quiet,
+    }
+
+
+def _devices(text: str):
+    """``--devices``: "auto", a count ("2") or a list of ids ("0,1")."""
+    if text == "auto":
+        return text
+    if "," in text:
+        return [int(part) for part in text.split(",") if part]
+    return int(text)
+
+
+def _write(adata, path: Path, args: argparse.Namespace, started: float) -> None:
+    _say(f"writing {path}", args)
+    adata.write_h5ad(path, compression="gzip")
+    _say(f"done in {time.perf_counter() - started:.0f} s", args)
+
+
+def _load_model_onto(model_folder: Path, work, args: argparse.Namespace):
+    import warnings
+
+    from schyena_tools.pretrained import load_model
+
+    _say(f"loading model {model_folder}", args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        model = load_model(model_folder, work, accelerator="cpu")
+    for warning in caught:
+        if "vocabulary" in str(warning.message):
+            _say(str(warning.message), args)
+    return model
+
+
+# ---------------------------------------------------------------------- commands
 def _demo(args: argparse.Namespace) -> None:
     from schyena_tools._demo import run_demo
 
@@ -21,14 +154,152 @@ def _demo(args: argparse.Namespace) -> None:
     )
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    source, output = _check_input(args.input), _check_output(args.output)
+    model_out = Path(args.model_out)
+    if model_out.exists() and any(model_out.iterdir()) and not args.overwrite:
+        raise UsageError(
+            f"model folder {args.model_out!r} exists and is not empty; pass --overwrite to replace it"
+        )
+    started = time.perf_counter()
+    adata = _read(source, args)
+    _seed(args)
+    from schyena_tools import SCHyena
+
+    work = _working_copy(adata, args, keep_obs=(args.batch_key,))
+    SCHyena.setup_anndata(work, batch_key=args.batch_key)
+    model = SCHyena(work, d_model=args.d_model, n_layers=args.n_layers)
+    _say(f"{model._model_summary_string} Pre-training on {work.n_obs} cells.", args)
+    model.train(mask_ratio=args.mask_ratio, **_trainer_kwargs(args))
+    _say(f"saving model to {model_out}", args)
+    model.save(str(model_out), overwrite=True)
+    _say("embedding cells", args)
+    adata.obsm["X_schyena"] = model.get_latent_representation(batch_size=args.batch_size)
+    _write(adata, output, args, started)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    source, output = _check_input(args.input), _check_output(args.output)
+    model_folder = _check_model(args.model)
+    started = time.perf_counter()
+    adata = _read(source, args)
+    work = _working_copy(adata, args)
+    from schyena_tools import SCHyena
+
+    SCHyena.setup_anndata(work)
+    model = _load_model_onto(model_folder, work, args)
+    _say(f"embedding {work.n_obs} cells", args)
+    adata.obsm["X_schyena"] = model.get_latent_representation(batch_size=args.batch_size)
+    _write(adata, output, args, started)
+
+
+def _annotate(args: argparse.Namespace) -> None:
+    source, output = _check_input(args.input), _check_output(args.output)
+    model_folder = _check_model(args.model)
+    started = time.perf_counter()
+    adata = _read(source, args)
+    labels = adata.obs[args.labels_key].astype(str)
+    n_labelled = int((labels != args.unlabeled_category).sum())
+    if labels[labels != args.unlabeled_category].nunique() < 2:
+        raise UsageError(
+            f"obs column {args.labels_key!r} needs at least two labelled cell types "
+            f"(cells labelled {args.unlabeled_category!r} are the ones to predict)"
+        )
+    _seed(args)
+    work = _working_copy(adata, args, keep_obs=(args.labels_key,))
+    from schyena_tools import SCHyena
+
+    SCHyena.setup_anndata(work, labels_key=args.labels_key, unlabeled_category=args.unlabeled_category)
+    model = _load_model_onto(model_folder, work, args)
+    _say(f"fine-tuning a classifier on {n_labelled} labelled cells", args)
+    model.train_classifier(**_trainer_kwargs(args))
+    _say(f"predicting {work.n_obs} cells", args)
+    predicted, confidence = model.predict(batch_size=args.batch_size, return_confidence=True)
+    adata.obs["schyena_prediction"] = predicted.astype(str)
+    adata.obs["schyena_prediction"] = adata.obs["schyena_prediction"].astype("category")
+    adata.obs["schyena_confidence"] = confidence.astype("float32")
+    if args.model_out:
+        model.save(args.model_out, overwrite=True)
+    _write(adata, output, args, started)
+
+
+def _impute(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    source, output = _check_input(args.input), _check_output(args.output)
+    model_folder = _check_model(args.model)
+    started = time.perf_counter()
+    adata = _read(source, args)
+    _seed(args)
+    work = _working_copy(adata, args)
+    from schyena_tools import SCHyena
+    from schyena_tools.module._module import log_normalize
+
+    SCHyena.setup_anndata(work)
+    model = _load_model_onto(model_folder, work, args)
+    if args.max_epochs > 0:
+        _say(f"fine-tuning for imputation on {work.n_obs} cells", args)
+        model.train_imputer(**_trainer_kwargs(args))
+    _say(f"imputing {work.n_obs} cells", args)
+    imputed = model.get_imputed_expression(batch_size=args.batch_size, keep_observed=not args.denoise)
+    # Genes outside the model's vocabulary cannot be imputed: they keep their observed
+    # log-normalised values, and var["schyena_imputed"] says which genes were imputed.
+    import torch
+    from scipy import sparse
+
+    counts = work.X.toarray() if sparse.issparse(work.X) else np.asarray(work.X)
+    layer = log_normalize(torch.as_tensor(counts, dtype=torch.float32), model.module.target_sum).numpy()
+    columns = adata.var_names.get_indexer(imputed.columns)
+    layer[:, columns] = imputed.to_numpy()
+    adata.layers["schyena_imputed"] = layer
+    adata.var["schyena_imputed"] = np.isin(np.arange(adata.n_vars), columns)
+    adata.uns["schyena_imputed"] = {
+        "scale": f"log1p(counts / library size * {model.module.target_sum:g})",
+        "observed_values_kept": not args.denoise,
+        "genes_imputed": int(len(columns)),
+    }
+    _write(adata, output, args, started)
+
+
+# ---------------------------------------------------------------------- parser
+def _add_training_options(parser: argparse.ArgumentParser, max_epochs: int, what: str) -> None:
+    parser.add_argument("--max-epochs", type=int, default=max_epochs, help=f"{what} (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="cells per minibatch (default: %(default)s)"
+    )
+    parser.add_argument("--accelerator", default="auto", help="'cpu', 'gpu' or 'auto' (default: %(default)s)")
+    parser.add_argument(
+        "--devices", type=_devices, default="auto", help="'auto', a number of devices or ids like '0,1'"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages or bars")
+
+
+def _add_io(parser: argparse.ArgumentParser, model: bool) -> None:
+    if model:
+        parser.add_argument(
+            "model",
+            help=f"model folder (from 'schyena-tools pretrain' or model.save), or {BUNDLED_MODEL_NAME!r}",
+        )
+    parser.add_argument("input", help="h5ad file of raw counts (cells x genes)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="h5ad file to write (the input plus the results)"
+    )
+    parser.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from schyena_tools._demo import DEMO_SETTINGS
 
     parser = argparse.ArgumentParser(
         prog="schyena-tools",
-        description="scHyena: full-length single-cell foundation model (every gene is a token).",
+        description="scHyena: full-length single-cell foundation model (every gene is a token). "
+        "Each command reads an h5ad of raw counts and writes an h5ad with its results.",
+        epilog=f"The bundled model pre-trained on mouse brain is called {BUNDLED_MODEL_NAME!r}.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    formatter = argparse.RawDescriptionHelpFormatter
+
     demo = commands.add_parser(
         "demo",
         help="pre-train on bundled full-length brain data, embed and plot a UMAP",
@@ -45,6 +316,87 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(handler=_demo)
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="pre-train a new model on an h5ad (masked expression modelling) and embed its cells",
+        formatter_class=formatter,
+        description="Pre-train scHyena from scratch on the cells of INPUT (every gene is a token), save the "
+        "model folder, and write OUTPUT: INPUT plus obsm['X_schyena'] (cell embeddings).",
+        epilog="example:\n  schyena-tools pretrain brain.h5ad -o brain_embedded.h5ad --model-out brain_model "
+        "--max-epochs 20\n  then: schyena-tools embed brain_model other.h5ad -o other_embedded.h5ad",
+    )
+    _add_io(pretrain, model=False)
+    pretrain.add_argument("--model-out", required=True, help="folder to save the trained model in")
+    pretrain.add_argument("--overwrite", action="store_true", help="replace an existing --model-out folder")
+    pretrain.add_argument("--batch-key", default=None, help="obs column of batches (registered, optional)")
+    pretrain.add_argument(
+        "--d-model", type=int, default=64, help="channels per gene token (default: %(default)s)"
+    )
+    pretrain.add_argument("--n-layers", type=int, default=2, help="Hyena blocks (default: %(default)s)")
+    pretrain.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=0.15,
+        help="fraction of non-zero values hidden (default: %(default)s)",
+    )
+    _add_training_options(pretrain, 10, "passes over the cells")
+    pretrain.set_defaults(handler=_pretrain)
+
+    embed = commands.add_parser(
+        "embed",
+        help="embed cells with a trained model (any gene panel)",
+        formatter_class=formatter,
+        description="Embed the cells of INPUT with a trained model and write OUTPUT: INPUT plus "
+        "obsm['X_schyena']. Genes are matched to the model's vocabulary by name; genes the model "
+        "knows but INPUT lacks are treated as missing.",
+        epilog=f"example:\n  schyena-tools embed {BUNDLED_MODEL_NAME} cortex.h5ad -o cortex_embedded.h5ad\n"
+        "  then in Python: sc.pp.neighbors(adata, use_rep='X_schyena')",
+    )
+    _add_io(embed, model=True)
+    embed.add_argument(
+        "--batch-size", type=int, default=16, help="cells per minibatch (default: %(default)s)"
+    )
+    embed.add_argument("--quiet", action="store_true", help="no progress messages")
+    embed.set_defaults(handler=_embed)
+
+    annotate = commands.add_parser(
+        "annotate",
+        help="fine-tune a cell-type classifier on labelled cells and predict every cell",
+        formatter_class=formatter,
+        description="Start from a trained model, fine-tune a classifier on the cells of INPUT whose "
+        "--labels-key is set (cells labelled --unlabeled-category are not trained on), predict every "
+        "cell and write OUTPUT: INPUT plus obs['schyena_prediction'] and obs['schyena_confidence'] "
+        "(probability of the predicted type).",
+        epilog=f"example:\n  schyena-tools annotate {BUNDLED_MODEL_NAME} query.h5ad --labels-key cell_type "
+        "--unlabeled-category Unknown -o query_annotated.h5ad --max-epochs 10",
+    )
+    _add_io(annotate, model=True)
+    annotate.add_argument("--labels-key", required=True, help="obs column of cell-type labels")
+    annotate.add_argument(
+        "--unlabeled-category", default="Unknown", help="label of cells to predict (default: %(default)s)"
+    )
+    annotate.add_argument("--model-out", default=None, help="also save the fine-tuned model in this folder")
+    _add_training_options(annotate, 10, "passes over the labelled cells")
+    annotate.set_defaults(handler=_annotate)
+
+    impute = commands.add_parser(
+        "impute",
+        help="impute dropouts (zeros) with a trained model",
+        formatter_class=formatter,
+        description="Impute every zero of INPUT with a trained model (optionally fine-tuned for imputation "
+        "first) and write OUTPUT: INPUT plus layers['schyena_imputed'] on the log-normalised scale "
+        "(log1p of counts per 10,000). Genes outside the model's vocabulary keep their observed values; "
+        "var['schyena_imputed'] marks the imputed genes.",
+        epilog=f"example:\n  schyena-tools impute {BUNDLED_MODEL_NAME} cortex.h5ad -o cortex_imputed.h5ad "
+        "--max-epochs 5",
+    )
+    _add_io(impute, model=True)
+    impute.add_argument(
+        "--denoise", action="store_true", help="replace every value by the model's (not only the zeros)"
+    )
+    _add_training_options(impute, 0, "epochs of imputation fine-tuning; 0 uses the model as it is")
+    impute.set_defaults(handler=_impute)
     return parser
 
 
@@ -54,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        print(f"schyena-tools {args.command}: error: {error}", file=sys.stderr)
+    except (UsageError, ValueError, KeyError, FileNotFoundError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"schyena-tools {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,0 +1,57 @@
+"""The scHyena pre-trained on mouse brain and shipped inside the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anndata import AnnData
+
+from ._load import check_model_dir, load_model
+
+#: Folder of the bundled model (``model.pt``, written by ``tools/pretrain_bundled_model.py``).
+ZEISEL_BRAIN_MODEL_DIR = Path(__file__).parent / "_files" / "zeisel_brain"
+
+
+def load_zeisel_brain_model(adata: AnnData | None = None, accelerator: str = "cpu"):
+    """A small scHyena pre-trained on full-length mouse brain cells, ready to fine-tune.
+
+    What it is: ``d_model=32``, 2 bidirectional Hyena blocks, a vocabulary of the 19,972 genes of
+    Zeisel et al. (2015), pre-trained by masked expression modelling (no labels) on the 550
+    cells of :func:`schyena_tools.datasets.zeisel_brain_all_genes`, on 2 CPU cores. It is a
+    *small* model trained on *few* cells: a starting point that makes fine-tuning on mouse brain
+    data quicker and better than starting from random weights, not a replacement for
+    pre-training on a large atlas. ``tools/pretrain_bundled_model.py`` reproduces it; the
+    training record is in ``model.phase_history_`` and the figures measured when it was made are
+    in ``schyena_tools.pretrained.ZEISEL_BRAIN_MODEL_CARD``.
+
+    Parameters
+    ----------
+    adata
+        Raw counts to apply it to, any gene panel: genes are matched by name to the model's
+        vocabulary (see :meth:`SCHyena.load_query_data`). Register it first with
+        ``SCHyena.setup_anndata(adata, labels_key=...)`` to fine-tune a classifier on its
+        labels. When None, the model is returned on the data it was trained on (a fresh
+        :func:`~schyena_tools.datasets.zeisel_brain_all_genes`).
+    accelerator
+        Where to put the weights.
+
+    Returns
+    -------
+    :class:`~schyena_tools.SCHyena`.
+
+    Examples
+    --------
+    >>> import schyena_tools as st
+    >>> query = st.datasets.zeisel_brain()  # 3,005 cells, another gene panel (4,000 genes)
+    >>> st.SCHyena.setup_anndata(query, labels_key="cell_type")
+    >>> model = st.pretrained.load_zeisel_brain_model(query)
+    >>> model.train_classifier(max_epochs=5)
+
+    """
+    folder = check_model_dir(ZEISEL_BRAIN_MODEL_DIR)
+    if adata is None:
+        from schyena_tools import datasets
+        from schyena_tools.model import SCHyena
+
+        return SCHyena.load(str(folder), adata=datasets.zeisel_brain_all_genes(), accelerator=accelerator)
+    return load_model(folder, adata, accelerator=accelerator)

@@ -1,0 +1,95 @@
+"""Load a saved scHyena onto any AnnData, whatever its gene panel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+#: File written by :meth:`SCHyena.save` inside the model folder.
+MODEL_FILE = "model.pt"
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """The model folder as a Path; a clear error when it holds no saved model."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"model folder {str(folder)!r} does not exist; save a model with model.save(folder)"
+        )
+    if not (folder / MODEL_FILE).is_file():
+        raise FileNotFoundError(
+            f"{str(folder)!r} holds no {MODEL_FILE}: it is not a folder written by SCHyena.save(...)"
+        )
+    return folder
+
+
+def _saved_var_names_and_registry(folder: Path) -> tuple[pd.Index, dict]:
+    import torch
+
+    payload = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=False)
+    var_names = pd.Index(np.asarray(payload["var_names"]).astype(str))
+    return var_names, payload["attr_dict"]["registry_"]
+
+
+def _placeholder_like_training_data(var_names: pd.Index, registry: dict) -> AnnData:
+    """A one-cell AnnData that satisfies the saved registration (genes, layer, obs keys).
+
+    scvi-tools loads a model onto data registered as at training; this stands in for the
+    training data when only the model folder is at hand. Its single cell is never used.
+    """
+    setup = registry.get("setup_args", {})
+    fields = registry.get("field_registries", {})
+    values = np.ones((1, len(var_names)), dtype=np.float32)
+    obs = pd.DataFrame(index=["placeholder_cell"])
+    for key, field in (("labels_key", "labels"), ("batch_key", "batch")):
+        column = setup.get(key)
+        if column is None:
+            continue
+        mapping = fields.get(field, {}).get("state_registry", {}).get("categorical_mapping")
+        categories = [str(c) for c in mapping]
+        obs[column] = pd.Categorical([categories[0]], categories=categories)
+    placeholder = AnnData(X=values, obs=obs, var=pd.DataFrame(index=var_names))
+    if setup.get("layer") is not None:
+        placeholder.layers[setup["layer"]] = values
+    return placeholder
+
+
+def load_model(path: str | Path, adata: AnnData | None = None, accelerator: str = "cpu"):
+    """Load a model saved with ``model.save(path)`` onto ``adata``, whatever its gene panel.
+
+    Unlike :meth:`SCHyena.load`, ``adata`` does not need the genes (or ``obs`` keys) of the
+    training data: the saved model is first rebuilt on a one-cell stand-in for its training
+    data, then mapped onto ``adata`` with :meth:`SCHyena.load_query_data` (genes matched by
+    name; vocabulary genes that ``adata`` lacks get the missing token).
+
+    Parameters
+    ----------
+    path
+        Folder written by ``model.save``.
+    adata
+        AnnData of raw counts to apply the model to. Register it first with
+        ``SCHyena.setup_anndata`` to choose its keys (e.g. ``labels_key`` for fine-tuning a
+        classifier); otherwise it is registered with the saved model's arguments. When None,
+        the model comes back on the one-cell stand-in: fine for inspecting it or for
+        :meth:`SCHyena.load_query_data` later, useless for training.
+    accelerator
+        Where to put the weights (``"cpu"``, ``"gpu"``, ``"auto"``).
+
+    Returns
+    -------
+    :class:`~schyena_tools.SCHyena` registered on ``adata``.
+
+    """
+    from schyena_tools.model import SCHyena
+
+    folder = check_model_dir(path)
+    var_names, registry = _saved_var_names_and_registry(folder)
+    reference = SCHyena.load(
+        str(folder), adata=_placeholder_like_training_data(var_names, registry), accelerator=accelerator
+    )
+    if adata is None:
+        return reference
+    return SCHyena.load_query_data(adata, reference)

@@ -1,0 +1,137 @@
+"""The ``schyena-tools`` command line, on tiny settings and a small real h5ad."""
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from schyena_tools import cli
+
+TINY_CLI = ["--max-epochs", "1", "--batch-size", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def brain_h5ad(tmp_path_factory, _zeisel_small):
+    path = tmp_path_factory.mktemp("cli") / "brain.h5ad"
+    adata = _zeisel_small.copy()
+    adata.layers["counts"] = adata.X.copy()
+    adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained_folder(brain_h5ad):
+    folder = brain_h5ad.parent / "model"
+    output = brain_h5ad.parent / "pretrained.h5ad"
+    argv = ["pretrain", str(brain_h5ad), "-o", str(output), "--model-out", str(folder)]
+    assert cli.main([*argv, "--d-model", "8", "--n-layers", "1", *TINY_CLI]) == 0
+    return folder, output
+
+
+def test_pretrain_writes_model_and_embedding(pretrained_folder, brain_h5ad):
+    folder, output = pretrained_folder
+    assert (folder / "model.pt").is_file()
+    result = ad.read_h5ad(output)
+    original = ad.read_h5ad(brain_h5ad)
+    assert result.obsm["X_schyena"].shape == (original.n_obs, 8)
+    assert np.isfinite(result.obsm["X_schyena"]).all()
+    # the input is carried over untouched, without scvi-tools' bookkeeping columns
+    assert list(result.obs.columns) == list(original.obs.columns)
+    assert (result.X != original.X).nnz == 0
+
+
+def test_embed_with_another_gene_panel(pretrained_folder, brain_h5ad, tmp_path):
+    folder, pretrained_output = pretrained_folder
+    query = ad.read_h5ad(brain_h5ad)[:, 100:].copy()  # drops 100 of the model's genes
+    query_path = tmp_path / "query.h5ad"
+    query.write_h5ad(query_path)
+    output = tmp_path / "embedded.h5ad"
+    assert cli.main(["embed", str(folder), str(query_path), "-o", str(output), "--quiet"]) == 0
+    embedded = ad.read_h5ad(output)
+    assert embedded.obsm["X_schyena"].shape == (query.n_obs, 8)
+    # same model, same genes: embed reproduces the embedding written by pretrain
+    full_output = tmp_path / "embedded_full.h5ad"
+    assert cli.main(["embed", str(folder), str(brain_h5ad), "-o", str(full_output), "--quiet"]) == 0
+    np.testing.assert_allclose(
+        ad.read_h5ad(full_output).obsm["X_schyena"],
+        ad.read_h5ad(pretrained_output).obsm["X_schyena"],
+        atol=1e-5,
+    )
+
+
+def test_annotate_predicts_unlabelled_cells(pretrained_folder, brain_h5ad, tmp_path):
+    folder, _ = pretrained_folder
+    adata = ad.read_h5ad(brain_h5ad)
+    adata.obs["partial"] = adata.obs["cell_type"].astype(str)
+    adata.obs.loc[adata.obs_names[::3], "partial"] = "Unknown"
+    path = tmp_path / "partial.h5ad"
+    adata.write_h5ad(path)
+    output = tmp_path / "annotated.h5ad"
+    argv = ["annotate", str(folder), str(path), "--labels-key", "partial", "-o", str(output), *TINY_CLI]
+    assert cli.main([*argv, "--model-out", str(tmp_path / "classifier")]) == 0
+    result = ad.read_h5ad(output)
+    known = set(adata.obs["cell_type"].astype(str))
+    assert set(result.obs["schyena_prediction"].astype(str)) <= known
+    confidence = result.obs["schyena_confidence"].to_numpy()
+    assert ((confidence > 0) & (confidence <= 1)).all()
+    assert (tmp_path / "classifier" / "model.pt").is_file()
+
+
+def test_impute_writes_a_layer_for_every_gene(pretrained_folder, brain_h5ad, tmp_path):
+    folder, _ = pretrained_folder
+    output = tmp_path / "imputed.h5ad"
+    argv = ["impute", str(folder), str(brain_h5ad), "-o", str(output), "--layer", "counts", *TINY_CLI]
+    assert cli.main(argv) == 0
+    result = ad.read_h5ad(output)
+    imputed = result.layers["schyena_imputed"]
+    counts = result.layers["counts"].toarray()
+    assert imputed.shape == counts.shape and np.isfinite(imputed).all()
+    assert result.var["schyena_imputed"].all()
+    # observed values are kept; zeros are filled with non-negative predictions
+    observed = counts > 0
+    expected = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    np.testing.assert_allclose(imputed[observed], expected[observed], rtol=1e-4)
+    assert (imputed[~observed] >= 0).all() and (imputed[~observed] > 0).any()
+
+
+@pytest.mark.parametrize("command", ["demo", "pretrain", "embed", "annotate", "impute"])
+def test_help_has_an_example(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--help"])
+    assert stop.value.code == 0
+    assert "example" in capsys.readouterr().out
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1, err  # one line
+    return errors[0]
+
+
+def test_bad_arguments_give_one_line_errors(pretrained_folder, brain_h5ad, tmp_path, capsys):
+    folder, _ = pretrained_folder
+    out = str(tmp_path / "out.h5ad")
+    assert cli.main(["embed", str(folder), str(tmp_path / "nope.h5ad"), "-o", out]) == 2
+    assert "does not exist" in _error_line(capsys)
+    assert cli.main(["embed", str(tmp_path / "no_model"), str(brain_h5ad), "-o", out]) == 2
+    assert "model" in _error_line(capsys)
+    assert cli.main(["annotate", str(folder), str(brain_h5ad), "--labels-key", "nope", "-o", out]) == 2
+    assert "no obs column 'nope'" in _error_line(capsys)
+    assert cli.main(["impute", str(folder), str(brain_h5ad), "--layer", "nope", "-o", out]) == 2
+    assert "no layer 'nope'" in _error_line(capsys)
+    assert (
+        cli.main(["embed", str(folder), str(brain_h5ad), "-o", str(tmp_path / "missing_dir" / "x.h5ad")]) == 2
+    )
+    assert "folder" in _error_line(capsys)
+    argv = ["pretrain", str(brain_h5ad), "-o", out, "--model-out", str(folder)]
+    assert cli.main(argv) == 2
+    assert "--overwrite" in _error_line(capsys)
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_missing_required_option_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["annotate", "model", "in.h5ad", "-o", "out.h5ad"])
+    assert stop.value.code == 2
+    assert "--labels-key" in capsys.readouterr().err
