@@ -8,7 +8,6 @@ from ._validation import (
     check_anndata,
     check_batch_size,
     check_counts,
-    check_labels_for_classification,
     write_results,
 )
 
@@ -20,6 +19,5 @@ __all__ = [
     "check_anndata",
     "check_batch_size",
     "check_counts",
-    "check_labels_for_classification",
     "write_results",
 ]

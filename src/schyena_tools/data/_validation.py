@@ -334,28 +334,6 @@ def check_batch_size(batch_size: int | None, argument: str = "batch_size") -> No
         raise ValueError(f"{argument} must be a positive integer (cells per minibatch), got {batch_size!r}.")
 
 
-def check_labels_for_classification(labels: pd.Series, unlabeled_category: str, labels_key: str) -> None:
-    """Labels can train a classifier: some cells labelled, at least two classes among them.
-
-    Call before fine-tuning a classifier; registration itself accepts any labels, because query
-    data for prediction is legitimately all unlabelled.
-    """
-    values = labels.astype(object)
-    labelled = values[(values != unlabeled_category) & values.notna()]
-    if labelled.empty:
-        raise ValueError(
-            f"no cell has a label in adata.obs[{labels_key!r}]: every value is the "
-            f"unlabeled_category {unlabeled_category!r}. A classifier needs labelled cells: register "
-            f"an AnnData whose labels_key column holds cell types."
-        )
-    classes = pd.unique(labelled)
-    if len(classes) < 2:
-        raise ValueError(
-            f"adata.obs[{labels_key!r}] has a single class ({classes[0]!r}) among labelled cells; a "
-            f"classifier needs at least two. Add cells of other types, or check the labels_key."
-        )
-
-
 def write_results(adata: AnnData, key: str, values, overwrite: bool = False) -> None:
     """Store model output in ``adata`` without silently replacing anything.
 

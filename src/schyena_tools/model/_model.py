@@ -13,7 +13,7 @@ import pandas as pd
 import rich.pretty  # noqa: F401  scvi-tools' view_anndata_setup uses rich.pretty without importing it
 import torch
 from anndata import AnnData
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField
@@ -322,7 +322,6 @@ class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
                 *(trainer_kwargs.get("callbacks") or []),
                 EpochCheckpoint(checkpoint_dir, objective),
             ]
-            trainer_kwargs["enable_checkpointing"] = True
         if train_size is None or train_size < 1.0:
             # Report the validation loss every epoch (scvi-tools only does when early stopping).
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
@@ -699,33 +698,53 @@ class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
         return attributes
 
 
-class EpochCheckpoint(ModelCheckpoint):
-    """A Lightning checkpoint at the end of every epoch, keeping the newest one only.
+class EpochCheckpoint(Callback):
+    """Write a Lightning checkpoint at the end of every epoch, keeping the newest one only.
 
-    Lightning writes the new file before deleting the previous one, so a complete checkpoint
-    exists at every moment. The checkpoint also records the training phase (``objective``)
-    and the history so far, which :meth:`SCHyena.train` puts back on resume.
+    Each checkpoint is written to a temporary name and renamed into place, and the previous one
+    is deleted only after that, so a complete checkpoint exists at every moment. It holds what
+    Lightning needs to resume (weights, optimiser state, epoch, loop state) plus the training
+    phase (``objective``) and the history so far, which :meth:`SCHyena.train` puts back on
+    resume.
+
+    A plain callback rather than Lightning's ``ModelCheckpoint``: scvi-tools' Trainer adds its
+    own ``SaveCheckpoint`` (writing to ``./scvi_log``) whenever a ``ModelCheckpoint`` is used.
     """
 
     OBJECTIVE_KEY = "schyena_objective"
     HISTORY_KEY = "schyena_history"
 
     def __init__(self, dirpath: str | os.PathLike, objective: str):
-        super().__init__(
-            dirpath=str(dirpath),
-            filename=f"{objective}-epoch{{epoch:05d}}",
-            auto_insert_metric_name=False,
-            monitor=None,
-            save_top_k=1,
-            every_n_epochs=1,
-            save_on_train_epoch_end=True,
-        )
+        self.dirpath = Path(dirpath)
         self.objective = objective
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        final = self.dirpath / f"{self.objective}-epoch{trainer.current_epoch:05d}.ckpt"
+        partial = final.with_name(f".{final.name}.partial")
+        trainer.save_checkpoint(partial)
+        os.replace(partial, final)
+        for older in self.dirpath.glob(f"{self.objective}-epoch*.ckpt"):
+            if older != final:
+                older.unlink()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint[self.OBJECTIVE_KEY] = self.objective
-        history = getattr(trainer.logger, "history", None) or {}
-        # Plain lists, so that the checkpoint loads without unpickling pandas objects.
-        checkpoint[self.HISTORY_KEY] = {
-            key: (frame.index.tolist(), frame.to_dict(orient="list")) for key, frame in history.items()
+        history = {
+            key: (frame.index.tolist(), frame.to_dict(orient="list"))
+            for key, frame in (getattr(trainer.logger, "history", None) or {}).items()
         }
+        # The logger receives this epoch's training metrics only after the epoch-end hooks;
+        # take them from Lightning's running results (same values the logger gets next).
+        try:
+            epoch_metrics = trainer._results.metrics(False)["log"]
+        except (AttributeError, KeyError):  # internal API; without it the last epoch is missing
+            epoch_metrics = {}
+        epoch = trainer.current_epoch
+        for key, value in epoch_metrics.items():
+            index, columns = history.setdefault(key, ([], {key: []}))
+            if epoch not in index and key in columns:
+                index.append(epoch)
+                columns[key].append(float(value))
+        # Plain lists, so that the checkpoint loads without unpickling pandas objects.
+        checkpoint[self.HISTORY_KEY] = history
