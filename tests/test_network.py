@@ -109,11 +109,31 @@ def test_missing_genes_do_not_leak_into_embedding():
     torch.testing.assert_close(a.predicted_expression[:, ~missing], b.predicted_expression[:, ~missing])
 
 
-def test_pool_ignores_missing_states():
+def test_pool_ignores_missing_and_masked_states():
     hidden = torch.randn(2, 5, 3)
+    expression = torch.tensor([[1.0, 2.0, 0.0, 4.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
     missing = torch.tensor([False, True, False, True, False])
-    pooled = SCHyenaEncoder.pool(hidden, missing)
-    torch.testing.assert_close(pooled, hidden[:, ~missing].mean(1))
+    masked = torch.zeros(2, 5, dtype=torch.bool)
+    masked[0, 4] = True
+    weights = SCHyenaEncoder.pooling_weights(expression, masked, missing)
+    # cell 0: only gene 0 is measured, visible and expressed
+    torch.testing.assert_close(weights[0], torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0]))
+    # cell 1 has no visible expression: plain mean over measured genes
+    torch.testing.assert_close(weights[1], (~missing).float())
+    pooled = SCHyenaEncoder.pool(hidden, weights)
+    torch.testing.assert_close(pooled[0], hidden[0, 0])
+    torch.testing.assert_close(pooled[1], hidden[1, ~missing].mean(0))
+    torch.testing.assert_close(SCHyenaEncoder.pool(hidden), hidden.mean(1))
+
+
+def test_masked_values_do_not_leak_into_embedding():
+    model = tiny_encoder(40).eval()
+    masked = torch.zeros(2, 40, dtype=torch.bool)
+    masked[:, 1::4] = True
+    x = torch.rand(2, 40)
+    y = x.clone()
+    y[masked] = 9.0
+    torch.testing.assert_close(model(x, masked=masked).cell_embedding, model(y, masked=masked).cell_embedding)
 
 
 def test_masked_values_are_not_read():
