@@ -52,10 +52,15 @@ class FineTuneMixin:
     def _check_classifier_labels(self) -> np.ndarray:
         """Indices of labelled cells; clear errors when classification cannot be trained."""
         labels_key, unlabeled = self._labels_setup()
-        if labels_key is None or self.module.classifier is None:
+        if labels_key is None:
             raise ValueError(
                 "train_classifier needs cell-type labels: register them with "
                 "SCHyena.setup_anndata(adata, labels_key='<obs column>') before creating the model."
+            )
+        if self.module.classifier is None:
+            raise ValueError(
+                f"adata.obs[{labels_key!r}] holds no category other than the unlabeled category "
+                f"{unlabeled!r}; label at least two cell types to train a classifier."
             )
         codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
         codes = np.asarray(codes).reshape(-1)
