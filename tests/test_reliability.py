@@ -450,3 +450,43 @@ def test_embedding_a_file_backed_anndata_in_bounded_memory(trained, tmp_path, mo
     X = big.X
     in_memory = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes  # 5.2 MB
     assert peak < in_memory / 3, f"peak {peak / 1e6:.2f} MB vs X in memory {in_memory / 1e6:.2f} MB"
+
+
+# ---------------------------------------------------------------- fine-tuning and query guards
+def _unregistered_copy(adata):
+    copy = adata.copy()
+    for key in [k for k in copy.uns if k.startswith("_scvi")]:
+        del copy.uns[key]
+    copy.obs = copy.obs.drop(columns=[c for c in copy.obs if c.startswith("_scvi")])
+    return copy
+
+
+@pytest.fixture(scope="module")
+def _classifier_once(_zeisel_small):
+    adata = _zeisel_small[:, :200].copy()
+    st.SCHyena.setup_anndata(adata, labels_key="cell_type")
+    scvi.settings.seed = 0
+    model = st.SCHyena(adata, **TINY)
+    model.train_classifier(**SMALL)
+    return model
+
+
+def test_prediction_guards(_classifier_once):
+    model = _classifier_once
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        model.predict(batch_size=0)
+    # A label the reference never saw: an error naming it, not a silent re-coding.
+    query = _unregistered_copy(model.adata)
+    query.obs["cell_type"] = query.obs["cell_type"].cat.add_categories(["alien"])
+    query.obs.loc[query.obs_names[:3], "cell_type"] = "alien"
+    with pytest.raises(ValueError, match="alien"):
+        model.predict(query)
+
+
+def test_query_without_shared_genes_is_an_error(_classifier_once):
+    model = _classifier_once
+    query = _unregistered_copy(model.adata)
+    query.var_names = [f"unrelated{i}" for i in range(query.n_vars)]
+    with pytest.raises(ValueError, match="none of the query's 200 genes .* is in the reference vocabulary"):
+        st.SCHyena.load_query_data(query, model)
+    assert not _registered(query)

@@ -11,6 +11,8 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
+from schyena_tools.data import check_batch_size
+
 logger = logging.getLogger(__name__)
 
 #: Cells per chunk in :meth:`FineTuneMixin.get_imputed_expression` and :meth:`FineTuneMixin.predict`
@@ -262,6 +264,7 @@ class FineTuneMixin:
         **inference_kwargs,
     ) -> Iterator[tuple[torch.Tensor, dict]]:
         """Yield ``(counts, module.inference(...))`` per chunk of cells, without gradients."""
+        check_batch_size(batch_size)
         adata = self._validate_anndata(adata)
         loader = self._make_data_loader(
             adata=adata, indices=indices, batch_size=batch_size or DEFAULT_INFERENCE_BATCH_SIZE
