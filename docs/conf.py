@@ -4,6 +4,7 @@ Build: ``sphinx-build -W -b html docs docs/_build/html``. Notebooks are rendered
 stored in them (``nb_execution_mode = "off"``): the build trains nothing and needs no network.
 """
 
+import re
 import shutil
 import sys
 from datetime import datetime
@@ -71,3 +72,18 @@ html_theme_options = {
     "navigation_with_keys": False,
 }
 html_show_sourcelink = False
+
+
+# The benchmark pages (docs/benchmarks/*.md) are written to be read on the repository too, so
+# they link to files outside docs/ (e.g. ../../benchmarks/README.md) that Sphinx cannot resolve.
+# Render those links as plain text naming the file instead of failing the -W build.
+_OUTSIDE_DOCS_LINK = re.compile(r"\[([^\]]+)\]\((?:\.\./)+([^)\s]+)\)")
+
+
+def _unlink_paths_outside_docs(app, docname, source):
+    if docname.startswith("benchmarks/"):
+        source[0] = _OUTSIDE_DOCS_LINK.sub(lambda m: f"{m.group(1)} (in the repository)", source[0])
+
+
+def setup(app):
+    app.connect("source-read", _unlink_paths_outside_docs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from anndata import AnnData
@@ -10,6 +11,25 @@ from ._load import check_model_dir, load_model
 
 #: Folder of the bundled model (``model.pt``, written by ``tools/pretrain_bundled_model.py``).
 ZEISEL_BRAIN_MODEL_DIR = Path(__file__).parent / "_files" / "zeisel_brain"
+
+
+def zeisel_brain_model_card() -> dict:
+    """What the bundled model is: settings, training time, losses and measured figures.
+
+    Written by ``tools/pretrain_bundled_model.py`` when the model was made. Among others:
+    ``settings``, ``train_seconds``, ``epochs_completed``, ``final_validation_loss``,
+    ``knn10_label_agreement_subclass`` / ``_major_class`` (of its embedding of the 550 training
+    cells) and ``zeisel_brain_cells_in_training``: the ``obs_names`` of
+    :func:`~schyena_tools.datasets.zeisel_brain` cells that are among its training cells (the two
+    releases of the study share 550 cells), to leave out of evaluations.
+
+    Returns
+    -------
+    A dict read from ``model_card.json`` beside the weights.
+
+    """
+    card = check_model_dir(ZEISEL_BRAIN_MODEL_DIR) / "model_card.json"
+    return json.loads(card.read_text())
 
 
 def load_zeisel_brain_model(adata: AnnData | None = None, accelerator: str = "cpu"):
@@ -22,7 +42,7 @@ def load_zeisel_brain_model(adata: AnnData | None = None, accelerator: str = "cp
     data quicker and better than starting from random weights, not a replacement for
     pre-training on a large atlas. ``tools/pretrain_bundled_model.py`` reproduces it; the
     training record is in ``model.phase_history_`` and the figures measured when it was made are
-    in ``schyena_tools.pretrained.ZEISEL_BRAIN_MODEL_CARD``.
+    in :func:`zeisel_brain_model_card`.
 
     Parameters
     ----------
