@@ -400,9 +400,12 @@ class BidirectionalHyenaOperator(nn.Module):
         state["_spectrum_cache"] = None
         return state
 
-    def _filter_state(self) -> tuple:
+    def _filter_state(self) -> tuple | None:
         tensors = [*self.long_filter.parameters(), *self.long_filter.buffers(), self.filter_bias]
-        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        try:
+            return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        except RuntimeError:  # inference tensors have no version counter: do not cache
+            return None
 
     def filter_spectra(self, length: int, n_fft: int) -> torch.Tensor:
         """``(order, d_model, n_fft // 2 + 1)`` spectra of the long filters, bias folded in.
@@ -411,14 +414,16 @@ class BidirectionalHyenaOperator(nn.Module):
         inference when ``cache_filters`` is set.
         """
         use_cache = self.cache_filters and not torch.is_grad_enabled() and not _is_compiling()
+        state = self._filter_state() if use_cache else None
+        use_cache = use_cache and state is not None
         if use_cache and self._spectrum_cache is not None:
             key, spectra = self._spectrum_cache
-            if key == (length, n_fft, self._filter_state()):
+            if key == (length, n_fft, state):
                 return spectra
         with torch.autocast(device_type=self.filter_bias.device.type, enabled=False):
             spectra = torch.fft.rfft(self.padded_filters(length, n_fft))
         if use_cache:
-            self._spectrum_cache = ((length, n_fft, self._filter_state()), spectra)
+            self._spectrum_cache = ((length, n_fft, state), spectra)
         else:
             self._spectrum_cache = None
         return spectra
