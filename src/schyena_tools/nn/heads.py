@@ -22,7 +22,9 @@ class CellExpressionHead(nn.Module):
     def __init__(self, d_model: int, n_genes: int, hidden_dim: int | None = None):
         super().__init__()
         hidden_dim = hidden_dim or d_model
-        self.cell_proj = nn.Sequential(nn.Linear(d_model, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim))
+        self.cell_proj = nn.Sequential(
+            nn.Linear(d_model, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim)
+        )
         self.gene_proj = nn.Linear(d_model, hidden_dim)
         self.gene_bias = nn.Parameter(torch.zeros(n_genes))
 
