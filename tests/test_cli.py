@@ -135,3 +135,11 @@ def test_missing_required_option_is_an_argparse_error(capsys):
         cli.main(["annotate", "model", "in.h5ad", "-o", "out.h5ad"])
     assert stop.value.code == 2
     assert "--labels-key" in capsys.readouterr().err
+
+
+def test_demo_runs_on_a_few_cells(tmp_path):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--n-cells", "16", "--d-model", "8", "--n-layers", "1"]
+    assert cli.main([*argv, "--max-epochs", "1", "--batch-size", "8", "--quiet"]) == 0
+    assert (out / "umap.png").is_file() and (out / "model" / "model.pt").is_file()
+    assert ad.read_h5ad(out / "zeisel_schyena.h5ad").obsm["X_schyena"].shape == (16, 8)
