@@ -223,8 +223,15 @@ def _labels_model(adata, labels):
 
 def test_classifier_needs_labelled_cells(zeisel_small):
     model = _labels_model(zeisel_small, ["Unknown"] * zeisel_small.n_obs)
-    # helper of fine-tuning: with no labelled cell there is no class, hence no head
-    with pytest.raises(ValueError, match="train_classifier needs cell-type labels"):
+    # with no labelled cell there is no class, hence no head: the error says what to label
+    with pytest.raises(ValueError, match="holds no category other than the unlabeled category 'Unknown'"):
+        model.train_classifier(**SMALL)
+
+
+def test_classifier_needs_a_labels_key(zeisel_small):
+    st.SCHyena.setup_anndata(zeisel_small)
+    model = st.SCHyena(zeisel_small, **TINY)
+    with pytest.raises(ValueError, match="train_classifier needs cell-type labels.*labels_key="):
         model.train_classifier(**SMALL)
 
 
