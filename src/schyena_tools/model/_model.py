@@ -25,6 +25,7 @@ from scvi.utils import setup_anndata_dsp
 from schyena_tools.data import check_anndata, check_batch_size
 from schyena_tools.module import SCHyenaModule
 
+from ._distributed import SCHyenaTrainingPlan, distributed_settings
 from ._finetune import FineTuneMixin
 from ._query import QueryMixin
 
@@ -105,7 +106,7 @@ class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
     """
 
     _module_cls = SCHyenaModule
-    _training_plan_cls = TrainingPlan
+    _training_plan_cls = SCHyenaTrainingPlan
     _data_splitter_cls = DataSplitter
     _train_runner_cls = TrainRunner
 
@@ -303,6 +304,8 @@ class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
         if resume_from is not None:
             resume_from = self._resolve_checkpoint(resume_from, objective)
         self.module.objective = objective
+        # Several processes (strategy="ddp"...): shard the cells, allow idle heads (see _distributed).
+        trainer_kwargs, datasplitter_kwargs = distributed_settings(trainer_kwargs, datasplitter_kwargs)
         datamodule = self._data_splitter_cls(
             self.adata_manager,
             train_size=train_size,
@@ -464,7 +467,18 @@ class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
             with its weights and optimiser state; ``model.history`` includes the earlier epochs.
             Random masks and shuffling after the resume differ from an uninterrupted run.
         **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
+            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``,
+            ``strategy="ddp"``).
+
+        Notes
+        -----
+        Several GPUs (or CPU processes): ``train(accelerator="gpu", devices=4, strategy="ddp")``
+        from a Python script (Lightning re-runs the script once per device; in Jupyter use
+        ``strategy="ddp_notebook"``). The cells are then sharded between processes and
+        ``batch_size`` is per process; the DDP strategies are switched to their
+        ``_find_unused_parameters_true`` variants because each training phase leaves some heads
+        idle. Save from the main process only (``if model.trainer.is_global_zero:``). The same
+        holds for :meth:`train_classifier` and :meth:`train_imputer`.
 
         Examples
         --------
