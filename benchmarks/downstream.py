@@ -6,9 +6,11 @@ One command, one run::
     python benchmarks/downstream.py --quick    # smoke run (a few minutes)
     python benchmarks/downstream.py --full     # the whole protocol (hours on CPU; meant for a GPU)
 
-writes ``docs/benchmarks/downstream.md`` (table + settings), ``downstream_results.csv``,
-``downstream_confusion.png`` and ``downstream_imputation.png``. Real data from
-``/work/shared/data`` (Zeisel 2015, La Manno 2016, Camp 2015; see SOURCES.md there), fixed
+writes ``docs/benchmarks/downstream_table.md`` (the table, included by the hand-written
+discussion ``docs/benchmarks/downstream.md``), ``downstream_results.csv``,
+``downstream_results.folds.csv``, ``downstream_run.json``, ``downstream_confusion.png`` and
+``downstream_imputation.png``. Real data from
+``../shared/data`` beside the checkout (Zeisel 2015, La Manno 2016, Camp 2015; see SOURCES.md there), fixed
 seeds, the same folds and the same hidden entries for every method. Nothing is tuned on test
 folds: every hyper-parameter below was fixed before the run.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 import warnings
 from functools import partial
@@ -32,7 +35,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data")
+#: The shared data folder beside the checkout (``../shared/data``); SCHYENA_DATA overrides it.
+DATA = Path(os.environ.get("SCHYENA_DATA", ROOT.parent / "shared" / "data"))
 DOCS = ROOT / "docs" / "benchmarks"
 
 #: Protocol settings per mode. ``folds``: how many of the 5 stratified folds are run (the

@@ -42,7 +42,15 @@ extensions = [
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 master_doc = "index"
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "_scripts", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
+# downstream_table.md is written by benchmarks/downstream.py and included in downstream.md.
+exclude_patterns = [
+    "_build",
+    "_scripts",
+    "Thumbs.db",
+    ".DS_Store",
+    "**.ipynb_checkpoints",
+    "benchmarks/downstream_table.md",
+]
 
 # myst / myst-nb
 myst_enable_extensions = ["colon_fence", "dollarmath", "deflist", "amsmath"]
