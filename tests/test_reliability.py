@@ -459,6 +459,38 @@ def test_embedding_a_file_backed_anndata_in_bounded_memory(trained, tmp_path, mo
     assert peak < in_memory / 3, f"peak {peak / 1e6:.2f} MB vs X in memory {in_memory / 1e6:.2f} MB"
 
 
+def test_prediction_and_imputation_of_a_file_backed_anndata(_classifier_once, tmp_path, monkeypatch):
+    """predict and get_imputed_expression read a backed X in minibatches, as embedding does."""
+    import tracemalloc
+
+    import schyena_tools.data._validation as validation
+
+    monkeypatch.setattr(validation, "BACKED_SAMPLE_ROWS", 100)
+    model = _classifier_once
+    adata = _unregistered_copy(model.adata)
+    n_copies = 60  # 4,200 cells x 200 genes
+    big = ad.AnnData(sp.vstack([adata.X] * n_copies).tocsr().astype(np.float32), var=adata.var[[]].copy())
+    big.obs_names = [f"cell{i}" for i in range(big.n_obs)]
+    big.obs["cell_type"] = pd.Categorical(np.tile(adata.obs["cell_type"].to_numpy(), n_copies))
+    big.write_h5ad(tmp_path / "big.h5ad")
+    genes = list(adata.var_names[:5])
+    expected_labels = np.tile(model.predict(adata), n_copies)
+    expected_imputed = np.tile(model.get_imputed_expression(adata, gene_list=genes, return_numpy=True), (n_copies, 1))
+
+    backed = ad.read_h5ad(tmp_path / "big.h5ad", backed="r")
+    tracemalloc.start()
+    labels = model.predict(backed, batch_size=16)
+    imputed = model.get_imputed_expression(backed, gene_list=genes, batch_size=16, return_numpy=True)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    backed.file.close()
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_allclose(imputed, expected_imputed, rtol=1e-4, atol=1e-5)
+    X = big.X
+    in_memory = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    assert peak < in_memory / 3, f"peak {peak / 1e6:.2f} MB vs X in memory {in_memory / 1e6:.2f} MB"
+
+
 # ---------------------------------------------------------------- fine-tuning and query guards
 def _unregistered_copy(adata):
     copy = adata.copy()
