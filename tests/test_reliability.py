@@ -459,6 +459,21 @@ def test_embedding_a_file_backed_anndata_in_bounded_memory(trained, tmp_path, mo
     assert peak < in_memory / 3, f"peak {peak / 1e6:.2f} MB vs X in memory {in_memory / 1e6:.2f} MB"
 
 
+def test_training_on_a_file_backed_anndata(zeisel_small, tmp_path):
+    """Out-of-core pre-training: minibatches are read from the h5ad file; X is never loaded whole."""
+    zeisel_small.X = zeisel_small.X.astype(np.float32)
+    zeisel_small.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    st.SCHyena.setup_anndata(backed)
+    model = st.SCHyena(backed, **TINY)
+    before = model.module.encoder.gene_embedding.weight.detach().clone()
+    model.train(**SMALL)
+    assert backed.isbacked and "train_loss" in model.history
+    assert not torch.equal(before, model.module.encoder.gene_embedding.weight.detach())
+    assert np.isfinite(model.get_latent_representation()).all()
+    backed.file.close()
+
+
 def test_prediction_and_imputation_of_a_file_backed_anndata(_classifier_once, tmp_path, monkeypatch):
     """predict and get_imputed_expression read a backed X in minibatches, as embedding does."""
     import tracemalloc

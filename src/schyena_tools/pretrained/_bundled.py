@@ -36,9 +36,14 @@ def load_zeisel_brain_model(adata: AnnData | None = None, accelerator: str = "cp
     """A small scHyena pre-trained on full-length mouse brain cells, ready to fine-tune.
 
     What it is: ``d_model=32``, 2 bidirectional Hyena blocks, a vocabulary of the 19,972 genes of
-    Zeisel et al. (2015), pre-trained by masked expression modelling (no labels) on the 550
-    cells of :func:`schyena_tools.datasets.zeisel_brain_all_genes`, on 2 CPU cores. It is a
-    *small* model trained on *few* cells: a starting point that makes fine-tuning on mouse brain
+    Zeisel et al. (2015), pre-trained by masked expression modelling (no labels) on all the
+    full-length MIT-licensed mouse brain data bundled with the package: the 550 cortex and
+    hippocampus cells of :func:`schyena_tools.datasets.zeisel_brain_all_genes` and the 243
+    midbrain dopaminergic neurons of :func:`schyena_tools.datasets.lamanno_midbrain_dopaminergic`
+    (alternating one epoch on each, 5 rounds), in about 25 minutes on 2 CPU cores. The other
+    2,455 cells of :func:`~schyena_tools.datasets.zeisel_brain` were left out: they are the
+    evaluation cells of the benchmarks and the annotation tutorial. It is a *small* model
+    trained on *few* cells: a starting point that makes fine-tuning on mouse brain
     data quicker and better than starting from random weights, not a replacement for
     pre-training on a large atlas. ``tools/pretrain_bundled_model.py`` reproduces it; the
     training record is in ``model.phase_history_`` and the figures measured when it was made are
