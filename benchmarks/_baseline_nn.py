@@ -155,9 +155,7 @@ class ImplicitLongFilter(nn.Module):
             layers += [nn.Linear(hidden_dim, hidden_dim), Sin(hidden_dim, sine_frequency)]
         layers.append(nn.Linear(hidden_dim, channels, bias=False))
         self.mlp = nn.Sequential(*layers)
-        self.register_buffer(
-            "decay", torch.linspace(min_decay, max_decay, channels), persistent=False
-        )
+        self.register_buffer("decay", torch.linspace(min_decay, max_decay, channels), persistent=False)
 
     def positional_features(self, length: int, device, dtype) -> torch.Tensor:
         """``(2L - 1, feature_dim)`` features of the signed offsets ``-(L-1) .. L-1``."""
@@ -211,7 +209,9 @@ class BidirectionalHyenaOperator(nn.Module):
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
         if short_kernel % 2 == 0:
-            raise ValueError(f"short_kernel must be odd so the short convolution is centred, got {short_kernel}")
+            raise ValueError(
+                f"short_kernel must be odd so the short convolution is centred, got {short_kernel}"
+            )
         self.d_model = d_model
         self.order = order
         self.in_proj = nn.Linear(d_model, (order + 1) * d_model)

@@ -66,8 +66,16 @@ def _is_oom(err: BaseException) -> bool:
     if isinstance(err, MemoryError):
         return True
     text = str(err).lower()
-    return any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory",
-                                   "cannot allocate memory", "failed to allocate"))
+    return any(
+        s in text
+        for s in (
+            "out of memory",
+            "can't allocate memory",
+            "not enough memory",
+            "cannot allocate memory",
+            "failed to allocate",
+        )
+    )
 
 
 def main(cfg: dict) -> dict:
@@ -87,10 +95,12 @@ def main(cfg: dict) -> dict:
     if cfg.get("impl") == "baseline":
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from _baseline_nn import SCHyenaEncoder
+
         extra = {}
     else:
         _import_nn_only()
         from schyena_tools.nn import SCHyenaEncoder
+
         extra = {"mixer": cfg["mixer"], "attention_heads": cfg["attention_heads"]}
 
     torch.manual_seed(0)

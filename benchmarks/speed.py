@@ -45,34 +45,63 @@ DEFAULT_LENGTHS = [1000, 2000, 4000, 8000, 16000, FULL_LENGTH, 32000]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast dtype for projections and MLPs (the FFTs stay float32)")
-    p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
-                   help="comma-separated numbers of genes")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="autocast dtype for projections and MLPs (the FFTs stay float32)",
+    )
+    p.add_argument(
+        "--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), help="comma-separated numbers of genes"
+    )
     p.add_argument("--models", default="default,paper", help="comma-separated: default, paper")
     p.add_argument("--mixers", default="hyena,attention")
     p.add_argument("--modes", default="embed,train")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="cells per batch (default: 2 on CPU, 32 on CUDA)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="cells per batch (default: 2 on CPU, 32 on CUDA)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed batches after one warm-up (median)")
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds per configuration before it is killed as 'timeout' (default 60)")
-    p.add_argument("--max-total-minutes", type=float, default=40.0,
-                   help="stop starting new configurations after this long; the rest are 'not run'")
-    p.add_argument("--memory-limit-gb", type=float, default=12.0,
-                   help="CPU only: RLIMIT_DATA of each worker, so attention fails as 'OOM' instead of "
-                   "swapping a shared machine (0: no limit)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per worker (default: 1 on CPU, see benchmarks/README.md; "
-                   "0: torch default)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds per configuration before it is killed as 'timeout' (default 60)",
+    )
+    p.add_argument(
+        "--max-total-minutes",
+        type=float,
+        default=40.0,
+        help="stop starting new configurations after this long; the rest are 'not run'",
+    )
+    p.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=12.0,
+        help="CPU only: RLIMIT_DATA of each worker, so attention fails as 'OOM' instead of "
+        "swapping a shared machine (0: no limit)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: 1 on CPU, see benchmarks/README.md; 0: torch default)",
+    )
     p.add_argument("--compile", action="store_true", help="compile the blocks with torch.compile")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--no-before-after", dest="before_after", action="store_false",
-                   help="skip the comparison with the pre-optimisation network")
+    p.add_argument(
+        "--no-before-after",
+        dest="before_after",
+        action="store_false",
+        help="skip the comparison with the pre-optimisation network",
+    )
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs", "benchmarks"))
     p.add_argument("--tag", default=None, help="output file stem (default speed_<device>[_<dtype>])")
-    p.add_argument("--report-only", default=None, metavar="JSON",
-                   help="rebuild the markdown table and plot from a saved JSON, run nothing")
+    p.add_argument(
+        "--report-only",
+        default=None,
+        metavar="JSON",
+        help="rebuild the markdown table and plot from a saved JSON, run nothing",
+    )
     args = p.parse_args(argv)
     args.lengths = [int(v) for v in args.lengths.split(",") if v]
     args.models = [m for m in args.models.split(",") if m]
@@ -126,7 +155,7 @@ def run_config(cfg: dict, hard_limit: float) -> dict:
     wall = time.perf_counter() - started
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
+            result = json.loads(line[len("RESULT ") :])
             result["wall_s"] = wall
             return result
     status = "OOM" if proc.returncode in (-9, 137) else "error"  # SIGKILL: the kernel's OOM killer
@@ -188,17 +217,30 @@ def main(argv=None):
         "models": {m: MODELS[m] for m in args.models},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    print(f"# device: {device_text}; torch threads {meta['threads']}; torch {torch.__version__}; "
-          f"dtype {args.dtype}; "
-          f"batch {args.batch_size}; budget {args.time_budget:.0f} s/config", flush=True)
+    print(
+        f"# device: {device_text}; torch threads {meta['threads']}; torch {torch.__version__}; "
+        f"dtype {args.dtype}; "
+        f"batch {args.batch_size}; budget {args.time_budget:.0f} s/config",
+        flush=True,
+    )
     deadline = time.monotonic() + 60 * args.max_total_minutes
     hard_limit = args.time_budget + 45.0  # process start, model build, and one step's overrun
 
     def base_cfg(model, mode, length):
-        return dict(MODELS[model], device=args.device, dtype=args.dtype, length=length, mode=mode,
-                    batch_size=args.batch_size, repeats=args.repeats, time_budget=args.time_budget,
-                    memory_limit_gb=args.memory_limit_gb, threads=args.threads, compile=args.compile,
-                    gradient_checkpointing=args.gradient_checkpointing)
+        return dict(
+            MODELS[model],
+            device=args.device,
+            dtype=args.dtype,
+            length=length,
+            mode=mode,
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            time_budget=args.time_budget,
+            memory_limit_gb=args.memory_limit_gb,
+            threads=args.threads,
+            compile=args.compile,
+            gradient_checkpointing=args.gradient_checkpointing,
+        )
 
     results = []
     stopped: dict[tuple, str] = {}
@@ -233,8 +275,14 @@ def main(argv=None):
                         pair[impl] = run_config(cfg, hard_limit)
                     entry = dict(model=model, mode=mode, length=length, **pair)
                     before_after.append(entry)
-                    print("before/after", model, mode, length,
-                          {k: _fmt_time(v) for k, v in pair.items()}, flush=True)
+                    print(
+                        "before/after",
+                        model,
+                        mode,
+                        length,
+                        {k: _fmt_time(v) for k, v in pair.items()},
+                        flush=True,
+                    )
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     payload = {"meta": meta, "results": results, "before_after": before_after}
     md = write_outputs(payload, args.out, args.tag)
@@ -251,8 +299,10 @@ def _fmt_time(r):
 def _progress(row):
     text = f"{row['model']:8s} {row['mode']:6s} {row['mixer']:10s} L={row['length']:6d} "
     if row["status"] == "ok":
-        return text + (f"{row['cells_per_s']:9.2f} cells/s  {row['sec_per_batch']:8.3f} s/batch  "
-                       f"{row['peak_mem_mb']:9.1f} MB  (wall {row['wall_s']:.0f} s)")
+        return text + (
+            f"{row['cells_per_s']:9.2f} cells/s  {row['sec_per_batch']:8.3f} s/batch  "
+            f"{row['peak_mem_mb']:9.1f} MB  (wall {row['wall_s']:.0f} s)"
+        )
     return text + row["status"] + (f" ({row.get('message', '')[:200]})" if row.get("message") else "")
 
 
@@ -261,20 +311,35 @@ def exponents(results, lo=2000, hi=32000):
     out = []
     series = sorted({(r["model"], r["mode"], r["mixer"]) for r in results})
     for model, mode, mixer in series:
-        rows = [r for r in results if (r["model"], r["mode"], r["mixer"]) == (model, mode, mixer)
-                and r["status"] == "ok" and lo <= r["length"] <= hi]
+        rows = [
+            r
+            for r in results
+            if (r["model"], r["mode"], r["mixer"]) == (model, mode, mixer)
+            and r["status"] == "ok"
+            and lo <= r["length"] <= hi
+        ]
         lengths = [r["length"] for r in rows]
         upper = [r for r in rows if r["length"] >= 8000]
-        out.append(dict(
-            model=model, mode=mode, mixer=mixer, n_points=len(rows),
-            range=f"{min(lengths)}-{max(lengths)}" if lengths else "",
-            time_exponent=fit_exponent(lengths, [r["sec_per_batch"] for r in rows]),
-            memory_exponent=fit_exponent(lengths, [r["peak_mem_mb"] for r in rows]),
-            time_exponent_8k=fit_exponent([r["length"] for r in upper], [r["sec_per_batch"] for r in upper]),
-            memory_exponent_8k=fit_exponent([r["length"] for r in upper], [r["peak_mem_mb"] for r in upper]),
-            cpu_time_exponent=fit_exponent(lengths, [r.get("cpu_sec_per_batch") for r in rows])
-            if all(r.get("cpu_sec_per_batch") for r in rows) else None,
-        ))
+        out.append(
+            dict(
+                model=model,
+                mode=mode,
+                mixer=mixer,
+                n_points=len(rows),
+                range=f"{min(lengths)}-{max(lengths)}" if lengths else "",
+                time_exponent=fit_exponent(lengths, [r["sec_per_batch"] for r in rows]),
+                memory_exponent=fit_exponent(lengths, [r["peak_mem_mb"] for r in rows]),
+                time_exponent_8k=fit_exponent(
+                    [r["length"] for r in upper], [r["sec_per_batch"] for r in upper]
+                ),
+                memory_exponent_8k=fit_exponent(
+                    [r["length"] for r in upper], [r["peak_mem_mb"] for r in upper]
+                ),
+                cpu_time_exponent=fit_exponent(lengths, [r.get("cpu_sec_per_batch") for r in rows])
+                if all(r.get("cpu_sec_per_batch") for r in rows)
+                else None,
+            )
+        )
     return out
 
 
@@ -306,11 +371,14 @@ def report_markdown(payload) -> str:
         "fresh process.",
         "* `embed`: forward without autograd. `train`: forward + backward of the masked-expression loss "
         "(15% masked), no optimiser step.",
-        "* Memory: " + ("peak CUDA memory allocated during the timed batches, minus model and inputs."
-                        if meta["device"].startswith("cuda") else
-                        "peak resident memory (VmHWM after resetting it) minus the resident size before the "
-                        f"first batch, i.e. what the batches add on top of model and inputs; workers are "
-                        f"limited to {meta['memory_limit_gb']} GB (RLIMIT_DATA)."),
+        "* Memory: "
+        + (
+            "peak CUDA memory allocated during the timed batches, minus model and inputs."
+            if meta["device"].startswith("cuda")
+            else "peak resident memory (VmHWM after resetting it) minus the resident size before the "
+            f"first batch, i.e. what the batches add on top of model and inputs; workers are "
+            f"limited to {meta['memory_limit_gb']} GB (RLIMIT_DATA)."
+        ),
         "* Attention: same encoder, each Hyena operator replaced by exact multi-head softmax attention "
         "(`F.scaled_dot_product_attention`, non-causal). Speed ratio = attention time / Hyena time.",
         "* † = the warm-up batch alone took more than half the budget, so that single (cold) run is "
@@ -364,10 +432,12 @@ def report_markdown(payload) -> str:
         return "" if v is None else f"{v:.2f}"
 
     for e in payload["exponents"]:
-        lines.append(f"| {e['model']} | {e['mode']} | {e['mixer']} | {e['n_points']} | {e['range']} "
-                     f"| {fmt(e['time_exponent'])} | {fmt(e['memory_exponent'])} "
-                     f"| {fmt(e.get('time_exponent_8k'))} | {fmt(e.get('memory_exponent_8k'))} "
-                     f"| {fmt(e.get('cpu_time_exponent'))} |")
+        lines.append(
+            f"| {e['model']} | {e['mode']} | {e['mixer']} | {e['n_points']} | {e['range']} "
+            f"| {fmt(e['time_exponent'])} | {fmt(e['memory_exponent'])} "
+            f"| {fmt(e.get('time_exponent_8k'))} | {fmt(e.get('memory_exponent_8k'))} "
+            f"| {fmt(e.get('cpu_time_exponent'))} |"
+        )
     if payload.get("before_after"):
         lines += [
             "",
@@ -386,10 +456,13 @@ def report_markdown(payload) -> str:
                 lines.append(
                     f"| {e['model']} | {e['mode']} | {e['length']:,} | {b['sec_per_batch']:.3f} | "
                     f"{c['sec_per_batch']:.3f} | {b['sec_per_batch'] / c['sec_per_batch']:.2f}x | "
-                    f"{b['peak_mem_mb']:.0f} | {c['peak_mem_mb']:.0f} |")
+                    f"{b['peak_mem_mb']:.0f} | {c['peak_mem_mb']:.0f} |"
+                )
             else:
-                lines.append(f"| {e['model']} | {e['mode']} | {e['length']:,} | {b.get('status')} | "
-                             f"{c.get('status')} | | | |")
+                lines.append(
+                    f"| {e['model']} | {e['mode']} | {e['length']:,} | {b.get('status')} | "
+                    f"{c.get('status')} | | | |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -415,18 +488,38 @@ def plot(payload, path):
         for model in meta["models"]:
             for mixer in ("hyena", "attention"):
                 key = (model, mode, mixer)
-                rows = sorted((r for r in results if (r["model"], r["mode"], r["mixer"]) == key
-                               and r["status"] == "ok"), key=lambda r: r["length"])
+                rows = sorted(
+                    (
+                        r
+                        for r in results
+                        if (r["model"], r["mode"], r["mixer"]) == key and r["status"] == "ok"
+                    ),
+                    key=lambda r: r["length"],
+                )
                 if not rows:
                     continue
                 n = [r["length"] for r in rows]
                 label = f"{mixer} ({model})"
-                axes[0, j].loglog(n, [r["sec_per_batch"] / r["batch_size"] for r in rows], styles[mixer],
-                                  color=colors.get(model), label=label)
-                axes[1, j].loglog(n, [max(r["peak_mem_mb"], 1e-3) for r in rows], styles[mixer],
-                                  color=colors.get(model), label=label)
-                failed = [r for r in results if (r["model"], r["mode"], r["mixer"]) == (model, mode, mixer)
-                          and r["status"] in ("timeout", "OOM")]
+                axes[0, j].loglog(
+                    n,
+                    [r["sec_per_batch"] / r["batch_size"] for r in rows],
+                    styles[mixer],
+                    color=colors.get(model),
+                    label=label,
+                )
+                axes[1, j].loglog(
+                    n,
+                    [max(r["peak_mem_mb"], 1e-3) for r in rows],
+                    styles[mixer],
+                    color=colors.get(model),
+                    label=label,
+                )
+                failed = [
+                    r
+                    for r in results
+                    if (r["model"], r["mode"], r["mixer"]) == (model, mode, mixer)
+                    and r["status"] in ("timeout", "OOM")
+                ]
                 for r in failed:
                     where = (r["length"], rows[-1]["sec_per_batch"] / r["batch_size"])
                     axes[0, j].annotate(r["status"], where, color=colors.get(model), fontsize=8, rotation=30)

@@ -25,7 +25,10 @@ def _subsample(adata, n_cells, n_genes=None, seed=0):
     rng = np.random.default_rng(seed)
     # keep every label represented: take cells round-robin over labels
     order = np.concatenate(
-        [rng.permutation(np.flatnonzero(adata.obs["cell_type"] == c)) for c in adata.obs["cell_type"].cat.categories]
+        [
+            rng.permutation(np.flatnonzero(adata.obs["cell_type"] == c))
+            for c in adata.obs["cell_type"].cat.categories
+        ]
     )
     labels = adata.obs["cell_type"].to_numpy()[order]
     rank = np.zeros(len(order), dtype=int)

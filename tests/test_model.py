@@ -1,7 +1,6 @@
 """The SCHyena model class end to end on small real data."""
 
 import numpy as np
-import pytest
 import scipy.sparse as sp
 import torch
 
@@ -51,7 +50,9 @@ def test_train_records_losses_and_embeds(trained_small):
 def test_pretraining_lowers_masked_loss(zeisel_small):
     st.SCHyena.setup_anndata(zeisel_small)
     model = st.SCHyena(zeisel_small, **TINY)
-    model.train(max_epochs=8, batch_size=16, train_size=1.0, enable_progress_bar=False, plan_kwargs={"lr": 3e-3})
+    model.train(
+        max_epochs=8, batch_size=16, train_size=1.0, enable_progress_bar=False, plan_kwargs={"lr": 3e-3}
+    )
     loss = model.history["train_loss"]["train_loss"].to_numpy(dtype=float)
     assert loss[-1] < 0.8 * loss[0], loss
 
@@ -83,7 +84,9 @@ def test_counts_from_layer(zeisel_small):
     other = adata.copy()
     other.X = other.layers["counts"].copy()
     st.SCHyena.setup_anndata(other)
-    np.testing.assert_allclose(a, _same_weights(model, other).get_latent_representation(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        a, _same_weights(model, other).get_latent_representation(), rtol=1e-5, atol=1e-6
+    )
 
 
 def _same_weights(model, adata):

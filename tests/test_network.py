@@ -33,7 +33,9 @@ def test_fft_conv_equals_direct_convolution(length):
 def test_fft_conv_float64_is_exact():
     signal = torch.randn(2, 3, 100, dtype=torch.float64)
     filters = torch.randn(3, 199, dtype=torch.float64)
-    torch.testing.assert_close(bidirectional_fft_conv(signal, filters), direct_conv_reference(signal, filters))
+    torch.testing.assert_close(
+        bidirectional_fft_conv(signal, filters), direct_conv_reference(signal, filters)
+    )
 
 
 def test_fft_conv_rejects_wrong_filter_length():

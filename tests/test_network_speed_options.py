@@ -49,8 +49,11 @@ def test_attention_encoder_is_identical_apart_from_the_mixer():
     assert shared == {k for k in attention.state_dict() if ".mixer." not in k}
     loss = attention(torch.rand(3, 40)).predicted_expression.pow(2).mean()
     loss.backward()
-    assert all(p.grad is not None for p in attention.parameters() if p is not attention.mask_token
-               and p is not attention.missing_token)
+    assert all(
+        p.grad is not None
+        for p in attention.parameters()
+        if p is not attention.mask_token and p is not attention.missing_token
+    )
 
 
 def test_attention_mixer_matches_multihead_attention_math():
@@ -88,8 +91,9 @@ def test_long_convolution_gradients_are_exact():
     u = torch.randn(2, 3, length, dtype=torch.float64, requires_grad=True)
     h = torch.randn(3, 2 * length - 1, dtype=torch.float64, requires_grad=True)
     gain = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda u, h, g: long_convolution(u, pad_filters(h, n_fft, g), n_fft),
-                                    (u, h, gain))
+    assert torch.autograd.gradcheck(
+        lambda u, h, g: long_convolution(u, pad_filters(h, n_fft, g), n_fft), (u, h, gain)
+    )
     # and the value is the direct non-causal convolution plus the gain times the input
     expected = direct_conv_reference(u, h) + gain[:, None] * u
     torch.testing.assert_close(long_convolution(u, pad_filters(h, n_fft, gain), n_fft), expected)
@@ -240,6 +244,7 @@ def test_compile_failure_falls_back_with_warning():
     x = torch.rand(1, 20)
     with torch.no_grad():
         eager = model(x).hidden
+
     def broken_backend(graph_module, example_inputs):
         raise RuntimeError("this backend cannot compile anything")
 

@@ -490,7 +490,9 @@ def test_prediction_and_imputation_of_a_file_backed_anndata(_classifier_once, tm
     big.write_h5ad(tmp_path / "big.h5ad")
     genes = list(adata.var_names[:5])
     expected_labels = np.tile(model.predict(adata), n_copies)
-    expected_imputed = np.tile(model.get_imputed_expression(adata, gene_list=genes, return_numpy=True), (n_copies, 1))
+    expected_imputed = np.tile(
+        model.get_imputed_expression(adata, gene_list=genes, return_numpy=True), (n_copies, 1)
+    )
 
     backed = ad.read_h5ad(tmp_path / "big.h5ad", backed="r")
     tracemalloc.start()

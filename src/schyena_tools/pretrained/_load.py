@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +88,13 @@ def load_model(path: str | Path, adata: AnnData | None = None, accelerator: str 
 
     folder = check_model_dir(path)
     var_names, registry = _saved_var_names_and_registry(folder)
-    reference = SCHyena.load(
-        str(folder), adata=_placeholder_like_training_data(var_names, registry), accelerator=accelerator
-    )
+    with warnings.catch_warnings():
+        # scvi-tools warns that the one-cell stand-in has "fewer than 3 cells" per category;
+        # the stand-in is never trained on, so the warning would only confuse.
+        warnings.filterwarnings("ignore", message="Category .* has fewer than 3 cells", category=UserWarning)
+        reference = SCHyena.load(
+            str(folder), adata=_placeholder_like_training_data(var_names, registry), accelerator=accelerator
+        )
     if adata is None:
         return reference
     return SCHyena.load_query_data(adata, reference)
