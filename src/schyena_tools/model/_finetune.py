@@ -126,11 +126,14 @@ class FineTuneMixin:
         Parameters
         ----------
         max_epochs
-            Passes over the labelled training cells.
+            Passes over the labelled training cells. With a few hundred labelled cells, use
+            about 20: on 145 La Manno cells, 5 epochs left the classifier predicting one class
+            and 20 reached a held-out macro-F1 of 0.66 (see the downstream benchmark page).
         batch_size
             Cells per minibatch (default 16).
         lr, weight_decay
-            AdamW learning rate and weight decay.
+            AdamW learning rate and weight decay. Larger learning rates (3e-3 and up) made the
+            classifier collapse to one class on small data sets.
         freeze_encoder
             Train the head only; the encoder (pre-trained weights) stays fixed. Cheaper in
             memory, usually less accurate.
