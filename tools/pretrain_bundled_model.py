@@ -108,9 +108,6 @@ def main() -> None:
     embed_seconds = time.perf_counter() - start
     history = model.phase_history_["pretrain"]
 
-    def last(key):
-        return _last(history, key)
-
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(str(args.out), overwrite=True, save_anndata=False)
     size_mb = sum(f.stat().st_size for f in args.out.iterdir()) / 1e6
@@ -140,10 +137,10 @@ def main() -> None:
         "embed_seconds_550_cells": round(embed_seconds, 1),
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU "
         "(a shared 2-core machine)",
-        "final_train_loss": last("train_loss"),
-        "final_validation_loss": last("validation_loss"),
-        "final_validation_masked_mse": last("masked_mse_validation"),
-        "final_validation_cell_mse": last("cell_mse_validation"),
+        "final_train_loss": _last(history, "train_loss"),
+        "final_validation_loss": _last(history, "validation_loss"),
+        "final_validation_masked_mse": _last(history, "masked_mse_validation"),
+        "final_validation_cell_mse": _last(history, "cell_mse_validation"),
         "knn10_label_agreement_subclass": round(
             embedding_label_agreement(embedding, adata.obs["cell_type"]), 3
         ),
