@@ -187,3 +187,21 @@ def test_gradient_checkpointing_gives_same_gradients():
 def test_wrong_input_width_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\(cells, 50\)"):
         tiny_encoder(50)(torch.rand(2, 49))
+
+
+def test_principal_axes_start_puts_co_varying_genes_together():
+    torch.manual_seed(0)
+    group = (torch.arange(40) % 2).float()[:, None]
+    expression = torch.zeros(40, 30)
+    expression[:, :10] = 3.0 * group + 0.1 * torch.rand(40, 10)  # on in group 1
+    expression[:, 10:20] = 3.0 * (1 - group) + 0.1 * torch.rand(40, 10)  # on in group 0
+    expression[:, 20:] = 1.0  # constant: no variation, no loading
+    model = tiny_encoder(30)
+    before = model.gene_embedding.weight.detach().clone()
+    model.add_principal_axes(expression)
+    added = model.gene_embedding.weight.detach() - before
+    assert added[20:].norm(dim=1).max() < 1e-3
+    a, b = added[:10], added[10:20]
+    within = torch.cdist(a, a).mean()
+    between = torch.cdist(a, b).mean()
+    assert between > 10 * within

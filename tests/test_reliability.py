@@ -24,6 +24,7 @@ from schyena_tools.data import (
     check_anndata,
     write_results,
 )
+from schyena_tools.model._model import SAVE_FORMAT_VERSION
 
 from .conftest import TINY
 
@@ -346,7 +347,7 @@ def test_load_explains_what_is_wrong(trained, tmp_path):
     model_file.write_bytes(complete)
     saved = torch.load(model_file, weights_only=False)
     assert saved["attr_dict"]["schyena_tools_version_"] == st.__version__
-    assert saved["attr_dict"]["save_format_version_"] == 1
+    assert saved["attr_dict"]["save_format_version_"] == SAVE_FORMAT_VERSION
     saved["attr_dict"]["save_format_version_"] = 99
     saved["attr_dict"]["schyena_tools_version_"] = "9.0.0"
     torch.save(saved, model_file)

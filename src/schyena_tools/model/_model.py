@@ -35,11 +35,18 @@ logger = logging.getLogger(__name__)
 #: minibatches are far smaller than the 128 scvi-tools uses for a VAE.
 DEFAULT_BATCH_SIZE = 16
 
+#: Optimiser settings of every training phase unless ``plan_kwargs`` overrides them. ``eps``
+#: is Adam's usual 1e-8, not scvi-tools' 0.01: with 0.01, parameters whose gradients are small
+#: (each gene's embedding and decoder weights, a 1/20,000 share of a mean over genes) barely
+#: move. Measured on 200 Zeisel cells x 2,000 genes, 10 epochs: the cell-embedding head's
+#: error fell 2% below the per-gene-mean baseline with eps=0.01 and 19% with 1e-8.
+DEFAULT_PLAN_KWARGS = {"optimizer": "AdamW", "lr": 1e-3, "weight_decay": 1e-2, "eps": 1e-8}
+
 #: Version of the saved-model layout (attributes and state-dict keys) that :meth:`SCHyena.save`
 #: writes. Bump it when a change makes older files unreadable, and say so in the CHANGELOG.
-SAVE_FORMAT_VERSION = 1
+SAVE_FORMAT_VERSION = 2
 #: Oldest saved-model layout this version of schyena-tools still reads.
-MIN_SUPPORTED_SAVE_FORMAT = 1
+MIN_SUPPORTED_SAVE_FORMAT = 2
 #: File scvi-tools' save writes the weights and attributes to.
 MODEL_FILE_NAME = "model.pt"
 
@@ -313,7 +320,7 @@ class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
             batch_size=batch_size or DEFAULT_BATCH_SIZE,
             **(datasplitter_kwargs or {}),
         )
-        plan_kwargs = {"optimizer": "AdamW", "lr": 1e-3, "weight_decay": 1e-2, **(plan_kwargs or {})}
+        plan_kwargs = {**DEFAULT_PLAN_KWARGS, **(plan_kwargs or {})}
         training_plan = self._training_plan_cls(self.module, **plan_kwargs)
         trainer_kwargs.setdefault("early_stopping", early_stopping)
         earlier_history: dict[str, pd.DataFrame] = {}
@@ -451,7 +458,8 @@ class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
             Stop when the validation loss stops improving (see :class:`scvi.train.Trainer`).
         plan_kwargs
             Passed to :class:`scvi.train.TrainingPlan` (e.g. ``{"lr": 3e-4}``). Default optimiser:
-            AdamW, learning rate 1e-3, weight decay 1e-2.
+            AdamW, learning rate 1e-3, weight decay 1e-2, eps 1e-8 (not scvi-tools' 0.01; see
+            ``DEFAULT_PLAN_KWARGS``).
         datasplitter_kwargs
             Passed to :class:`scvi.dataloaders.DataSplitter` (e.g. ``{"num_workers": 2}``).
         checkpoint_dir
@@ -494,6 +502,8 @@ class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
             raise ValueError(f"zero_mask_ratio must be in [0, 1), got {zero_mask_ratio}")
         self.module.mask_ratio = mask_ratio
         self.module.zero_mask_ratio = zero_mask_ratio
+        if not self.is_trained_ and resume_from is None:
+            self._initialize_from_data()
         return self._train_phase(
             "pretrain",
             max_epochs=max_epochs,
@@ -509,6 +519,43 @@ class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
             resume_from=resume_from,
             **trainer_kwargs,
         )
+
+    @torch.inference_mode()
+    def _initialize_from_data(self, max_cells: int = 2000) -> None:
+        """Data-dependent start of the first pre-training (as scVI sets its library prior from data).
+
+        * The cell-embedding head starts from each gene's mean log-normalised expression over
+          all registered cells, so its gradients go to what differs between cells.
+        * Each gene's embedding gets its loadings on the data's leading principal axes added
+          (up to ``max_cells`` cells drawn with ``scvi.settings.seed``). At random
+          initialisation a token is dominated by the adaptor's output (its value) and barely
+          says which gene it is, so the pooled embedding of an untrained network is a summary
+          of the value distribution, which mostly tracks sequencing depth; with genes that
+          co-vary starting close together, the pooled embedding starts as a projection of the
+          expression profile onto the main axes of variation. Measured on the bundled
+          550-cell data, untrained network: 10-NN agreement with the major classes 0.73
+          (random gene embedding) -> 0.88 (with the loadings).
+
+        One pass over the cells, in minibatches (backed data stays on disk).
+        """
+        from scvi import settings
+
+        self._validate_anndata()
+        n_cells = self.adata.n_obs
+        rng = np.random.default_rng(settings.seed)
+        sample = np.sort(rng.choice(n_cells, min(max_cells, n_cells), replace=False))
+        loader = self._make_data_loader(adata=self.adata, batch_size=256)
+        total, seen, sampled = None, 0, []
+        for tensors in loader:
+            values, _ = self.module.normalize_and_align(tensors[REGISTRY_KEYS.X_KEY].float())
+            total = values.sum(0) if total is None else total + values.sum(0)
+            batch_positions = np.arange(seen, seen + values.shape[0])
+            keep = np.isin(batch_positions, sample)
+            if keep.any():
+                sampled.append(values[torch.from_numpy(keep)])
+            seen += values.shape[0]
+        self.module.cell_expression_head.initialize_gene_means(total / max(seen, 1))
+        self.module.encoder.add_principal_axes(torch.cat(sampled))
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()

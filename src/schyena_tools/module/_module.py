@@ -151,6 +151,8 @@ class SCHyenaModule(BaseModuleClass):
         self.objective = "pretrain"
         self.mask_ratio = 0.15
         self.zero_mask_ratio = 0.015
+        # Weight of the cell-embedding expression loss next to the masked-value loss.
+        self.cell_loss_weight = 1.0
         # Fraction of each cell's non-zero counts dropped (set to zero) in imputer training.
         self.dropout_ratio = 0.1
         # Position in the registered data of each vocabulary gene, -1 where it was not measured.
@@ -170,6 +172,15 @@ class SCHyenaModule(BaseModuleClass):
         missing = index < 0
         aligned = counts[:, index.clamp_min(0)].masked_fill(missing, 0.0)
         return aligned, missing
+
+    def normalize_and_align(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw counts of the registered genes -> log-normalised values in vocabulary order.
+
+        Library size over the genes the data measured, before alignment, so that a gene panel
+        that misses part of the vocabulary is not normalised as if the missing genes were zero.
+        Returns the values (zero at missing genes) and the missing-gene mask (None if none).
+        """
+        return self.align_to_vocabulary(log_normalize(counts, self.target_sum))
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
         return {
@@ -217,10 +228,7 @@ class SCHyenaModule(BaseModuleClass):
             dropout_targets = torch.log1p(counts / library * self.target_sum)
             counts = observed_counts
             mask_zeros = True
-        # Library size over the genes the data measured, before alignment, so that a gene panel
-        # that misses part of the vocabulary is not normalised as if the missing genes were zero.
-        values = log_normalize(counts, self.target_sum)
-        values, missing = self.align_to_vocabulary(values)
+        values, missing = self.normalize_and_align(counts)
         if mask_values:
             masked = sample_expression_mask(values, self.mask_ratio, self.zero_mask_ratio, missing)
         elif mask_zeros:
@@ -230,7 +238,7 @@ class SCHyenaModule(BaseModuleClass):
         else:
             masked = None
         out = self.encoder(values, masked=masked, missing=missing)
-        cell_prediction = self.cell_expression_head(out.cell_embedding, self.encoder.gene_embedding.weight)
+        cell_prediction = self.cell_expression_head(out.cell_embedding)
         result = {
             "values": values,
             "masked": masked,
@@ -258,7 +266,7 @@ class SCHyenaModule(BaseModuleClass):
     def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
         """Loss of the current ``objective``."""
         if self.objective == "pretrain":
-            return self.masked_expression_loss(inference_outputs)
+            return self.masked_expression_loss(inference_outputs, self.cell_loss_weight)
         if self.objective == "classify":
             return self.classification_loss(tensors, inference_outputs)
         if self.objective == "impute":
@@ -266,7 +274,7 @@ class SCHyenaModule(BaseModuleClass):
         raise ValueError(f"unknown training objective {self.objective!r}; expected one of {OBJECTIVES}")
 
     @staticmethod
-    def masked_expression_loss(inference_outputs: dict) -> LossOutput:
+    def masked_expression_loss(inference_outputs: dict, cell_loss_weight: float = 1.0) -> LossOutput:
         """Masked expression modelling loss, per cell, on the log-normalised scale.
 
         The sum of two mean squared errors: the per-gene head on the masked entries (the
@@ -288,7 +296,7 @@ class SCHyenaModule(BaseModuleClass):
         cell_error = F.mse_loss(inference_outputs["cell_predicted_expression"], values, reduction="none")
         cell_mse = (cell_error * measured).sum(1) / measured.sum(1).clamp_min(1.0)
 
-        per_cell = masked_mse + cell_mse
+        per_cell = masked_mse + cell_loss_weight * cell_mse
         return LossOutput(
             loss=per_cell.mean(),
             reconstruction_loss=per_cell,

@@ -63,7 +63,9 @@ class SCHyenaEncoder(nn.Module):
     embeddings and only improves from there (measured on the bundled Zeisel 550-cell data with
     an untrained network: 10-nearest-neighbour agreement with the authors' subclasses 0.37 for
     the plain mean, 0.51 for the weighted one). Genes that are off still shape the embedding
-    through the context their tokens give the expressed genes in the Hyena blocks.
+    through the context their tokens give the expressed genes in the Hyena blocks. The gene
+    embedding decides how much the pooled vector says about *which* genes are expressed: see
+    :meth:`add_principal_axes`, the data-dependent start the model class uses.
 
     Parameters
     ----------
@@ -142,6 +144,26 @@ class SCHyenaEncoder(nn.Module):
         # compiled callables of the blocks (a plain list: not submodules, state_dict unchanged)
         self._compiled_blocks: list | None = None
         self._compile_checked = False
+
+    @torch.no_grad()
+    def add_principal_axes(self, expression: torch.Tensor, scale: float = 10.0) -> None:
+        """Add each gene's loadings on the leading principal axes of ``expression`` to its embedding.
+
+        ``expression`` is ``(cells, n_genes)`` log-normalised data in vocabulary order. The
+        ``d_model`` leading axes, each weighted by its singular value relative to the first, are
+        scaled so that 99% of genes get a loading vector of norm at most ``scale`` (the
+        adaptor's output for an expressed gene is of order 1-10): genes that co-vary across
+        cells start with similar embeddings, and genes that do not vary stay near the random
+        start. A data-dependent initialisation, used once before the first pre-training.
+        """
+        n_axes = min(self.d_model, *expression.shape)
+        if n_axes < 1:
+            return
+        _, singular, axes = torch.pca_lowrank(expression.float(), q=n_axes, center=True)
+        loadings = axes * (singular / singular[0].clamp_min(1e-12))
+        norm_99 = torch.quantile(loadings.norm(dim=1), 0.99).clamp_min(1e-12)
+        weight = self.gene_embedding.weight
+        weight[:, :n_axes] += (scale * loadings / norm_99).to(weight)
 
     def __getstate__(self):
         # compiled callables do not pickle or deep-copy; a copy starts uncompiled

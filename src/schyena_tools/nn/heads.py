@@ -6,28 +6,65 @@ import torch
 from torch import nn
 
 
+class CellStandardize(nn.BatchNorm1d):
+    """Standardise each embedding dimension across cells (batch normalisation without affine).
+
+    The pooled embedding of a cell averages thousands of token states, so its cell-to-cell
+    variation is small next to the part shared by every cell (about 10% of it, measured on the
+    Zeisel data); a head reading it raw learns slowly. Minibatch statistics in training, running
+    statistics otherwise, and also for a training minibatch of one cell (where batch statistics
+    are undefined).
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(cells, d)`` -> ``(cells, d)``."""
+        if self.training and x.shape[0] < 2:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, eps=self.eps)
+        return super().forward(x)
+
+
 class CellExpressionHead(nn.Module):
     """Predict every gene's expression from the cell embedding alone.
 
-    ``prediction[c, g] = <cell_proj(e_c), gene_proj(w_g)> + bias_g``, where ``e_c`` is the cell
-    embedding and ``w_g`` the gene embedding of the encoder. Trained alongside masked
-    expression modelling, it makes the pooled cell embedding carry the cell's expression program
-    (the idea of scGPT's "masked value prediction for cell modelling"). Without it nothing in
-    the per-gene objective asks the pooled vector to be informative, and a mean over 20,000
-    token states mostly tracks library size.
+    ``prediction[c, g] = <decoder_g, proj(e_c)> + bias_g``: a small MLP on the cell embedding
+    ``e_c`` followed by a linear decoder with one weight vector and one bias per gene. Trained
+    alongside masked expression modelling, it makes the pooled cell embedding carry the cell's
+    expression program (the idea of scGPT's "masked value prediction for cell modelling", and
+    of the decoder of a linear autoencoder, whose optimum is PCA). Without it nothing in the
+    per-gene objective asks the pooled vector to be informative, and a mean over 20,000 token
+    states mostly tracks library size.
 
-    Costs ``O(cells x genes x d)``, small next to the encoder.
+    The decoder has its own per-gene weights rather than reusing the encoder's gene embedding:
+    with gene embeddings initialised small, a bilinear ``<proj(e_c), proj(w_g)>`` starts out
+    the same for every gene, so the only thing it can fit early is a per-cell offset (sequencing
+    depth); measured on the bundled Zeisel data, that head stayed at the loss of predicting
+    each gene's mean for two epochs. Call :meth:`initialize_gene_means` with the data's mean
+    expression before training so the decoder starts from the trivial prediction and spends
+    its steps on what varies between cells.
+
+    Costs ``O(cells x genes x hidden_dim)``, small next to the encoder.
     """
 
     def __init__(self, d_model: int, n_genes: int, hidden_dim: int | None = None):
         super().__init__()
         hidden_dim = hidden_dim or d_model
-        self.cell_proj = nn.Sequential(
-            nn.Linear(d_model, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim)
-        )
-        self.gene_proj = nn.Linear(d_model, hidden_dim)
-        self.gene_bias = nn.Parameter(torch.zeros(n_genes))
+        self.cell_proj = nn.Sequential(CellStandardize(d_model), nn.Linear(d_model, hidden_dim), nn.GELU())
+        self.decoder = nn.Linear(hidden_dim, n_genes)
+        # Zero decoder weights: the head starts at exactly the per-gene mean (see
+        # initialize_gene_means). Random weights would add noise across 20,000 outputs that
+        # costs more loss than the cell signal is worth, and the first hundred steps would go
+        # into removing it.
+        nn.init.zeros_(self.decoder.weight)
+        nn.init.zeros_(self.decoder.bias)
 
-    def forward(self, cell_embedding: torch.Tensor, gene_embedding: torch.Tensor) -> torch.Tensor:
-        """``(cells, d)`` and ``(genes, d)`` -> ``(cells, genes)``."""
-        return self.cell_proj(cell_embedding) @ self.gene_proj(gene_embedding).T + self.gene_bias
+    @torch.no_grad()
+    def initialize_gene_means(self, gene_means: torch.Tensor) -> None:
+        """Set the per-gene bias to ``gene_means`` (mean log-normalised expression per gene)."""
+        self.decoder.bias.copy_(gene_means.to(self.decoder.bias))
+
+    def forward(self, cell_embedding: torch.Tensor) -> torch.Tensor:
+        """``(cells, d)`` -> ``(cells, genes)``."""
+        return self.decoder(self.cell_proj(cell_embedding))
