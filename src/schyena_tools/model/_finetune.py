@@ -128,7 +128,9 @@ class FineTuneMixin:
         max_epochs
             Passes over the labelled training cells. With a few hundred labelled cells, use
             about 20: on 145 La Manno cells, 5 epochs left the classifier predicting one class
-            and 20 reached a held-out macro-F1 of 0.66 (see the downstream benchmark page).
+            and 20 reached a held-out macro-F1 of 0.66 (see the downstream benchmark page;
+            measured with the earlier optimiser setting ``eps=0.01``, under which the gene-wise
+            weights moved slowly).
         batch_size
             Cells per minibatch (default 16).
         lr, weight_decay
