@@ -2,7 +2,7 @@
 
 Reproduce it from a checkout::
 
-    python tools/pretrain_bundled_model.py            # about 15 CPU minutes on 2 cores
+    python tools/pretrain_bundled_model.py            # about 20 CPU minutes on 2 cores
 
 What it does: pre-trains ``SCHyena(d_model=32, n_layers=2)`` by masked expression modelling
 (no labels) on the full-length MIT-licensed mouse brain data bundled with the package: the 550

@@ -40,7 +40,7 @@ def load_zeisel_brain_model(adata: AnnData | None = None, accelerator: str = "cp
     full-length MIT-licensed mouse brain data bundled with the package: the 550 cortex and
     hippocampus cells of :func:`schyena_tools.datasets.zeisel_brain_all_genes` and the 243
     midbrain dopaminergic neurons of :func:`schyena_tools.datasets.lamanno_midbrain_dopaminergic`
-    (alternating one epoch on each, 5 rounds), in 28 minutes on 2 CPU cores. The other
+    (alternating one epoch on each, 3 rounds), in 21 minutes on 2 shared CPU cores. The other
     2,455 cells of :func:`~schyena_tools.datasets.zeisel_brain` were left out: they are the
     evaluation cells of the benchmarks and the annotation tutorial. It is a *small* model
     trained on *few* cells: a starting point that makes fine-tuning on mouse brain
