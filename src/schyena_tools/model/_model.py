@@ -543,14 +543,14 @@ class SCHyena(FineTuneMixin, QueryMixin, BaseModelClass):
         self._validate_anndata()
         n_cells = self.adata.n_obs
         rng = np.random.default_rng(settings.seed)
-        sample = np.sort(rng.choice(n_cells, min(max_cells, n_cells), replace=False))
+        in_sample = np.zeros(n_cells, dtype=bool)
+        in_sample[rng.choice(n_cells, min(max_cells, n_cells), replace=False)] = True
         loader = self._make_data_loader(adata=self.adata, batch_size=256)
         total, seen, sampled = None, 0, []
         for tensors in loader:
             values, _ = self.module.normalize_and_align(tensors[REGISTRY_KEYS.X_KEY].float())
             total = values.sum(0) if total is None else total + values.sum(0)
-            batch_positions = np.arange(seen, seen + values.shape[0])
-            keep = np.isin(batch_positions, sample)
+            keep = in_sample[seen : seen + values.shape[0]]
             if keep.any():
                 sampled.append(values[torch.from_numpy(keep)])
             seen += values.shape[0]

@@ -151,8 +151,6 @@ class SCHyenaModule(BaseModuleClass):
         self.objective = "pretrain"
         self.mask_ratio = 0.15
         self.zero_mask_ratio = 0.015
-        # Weight of the cell-embedding expression loss next to the masked-value loss.
-        self.cell_loss_weight = 1.0
         # Fraction of each cell's non-zero counts dropped (set to zero) in imputer training.
         self.dropout_ratio = 0.1
         # Position in the registered data of each vocabulary gene, -1 where it was not measured.
@@ -266,7 +264,7 @@ class SCHyenaModule(BaseModuleClass):
     def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
         """Loss of the current ``objective``."""
         if self.objective == "pretrain":
-            return self.masked_expression_loss(inference_outputs, self.cell_loss_weight)
+            return self.masked_expression_loss(inference_outputs)
         if self.objective == "classify":
             return self.classification_loss(tensors, inference_outputs)
         if self.objective == "impute":
@@ -274,7 +272,7 @@ class SCHyenaModule(BaseModuleClass):
         raise ValueError(f"unknown training objective {self.objective!r}; expected one of {OBJECTIVES}")
 
     @staticmethod
-    def masked_expression_loss(inference_outputs: dict, cell_loss_weight: float = 1.0) -> LossOutput:
+    def masked_expression_loss(inference_outputs: dict) -> LossOutput:
         """Masked expression modelling loss, per cell, on the log-normalised scale.
 
         The sum of two mean squared errors: the per-gene head on the masked entries (the
@@ -296,7 +294,7 @@ class SCHyenaModule(BaseModuleClass):
         cell_error = F.mse_loss(inference_outputs["cell_predicted_expression"], values, reduction="none")
         cell_mse = (cell_error * measured).sum(1) / measured.sum(1).clamp_min(1.0)
 
-        per_cell = masked_mse + cell_loss_weight * cell_mse
+        per_cell = masked_mse + cell_mse
         return LossOutput(
             loss=per_cell.mean(),
             reconstruction_loss=per_cell,
