@@ -460,7 +460,7 @@ def run(settings: dict, mode: str):
 
 
 def _matched(target, reference, case_insensitive):
-    from schyena_tools.model._query import match_genes_to_vocabulary
+    from schyena_tools.model import match_genes_to_vocabulary
 
     matched = match_genes_to_vocabulary(
         pd.Index(reference.gene_vocabulary), pd.Index(target.var_names), case_insensitive
@@ -470,7 +470,7 @@ def _matched(target, reference, case_insensitive):
 
 def _query_vocabulary(target, reference, case_insensitive):
     """The vocabulary a query model of ``target`` gets (reference genes, spelled as in the target)."""
-    from schyena_tools.model._query import match_genes_to_vocabulary
+    from schyena_tools.model import match_genes_to_vocabulary
 
     matched = match_genes_to_vocabulary(
         pd.Index(reference.gene_vocabulary), pd.Index(target.var_names), case_insensitive

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import schyena_tools as st
-from schyena_tools.model._distributed import distributed_settings, is_distributed
+from schyena_tools.model._training_plan import distributed_settings, is_distributed
 
-from .conftest import TINY
+from ._helpers import TINY
 
 SCRIPT = textwrap.dedent(
     """

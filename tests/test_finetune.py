@@ -9,7 +9,7 @@ from scvi import REGISTRY_KEYS
 import schyena_tools as st
 from schyena_tools.module import SCHyenaModule
 
-from .conftest import TINY
+from ._helpers import TINY
 
 QUIET = dict(enable_progress_bar=False)
 
@@ -40,22 +40,22 @@ def test_unlabelled_cells_do_not_contribute_to_loss(zeisel_small):
     st.SCHyena.setup_anndata(zeisel_small, labels_key="partial_label")
     model = st.SCHyena(zeisel_small, **TINY)
     module = model.module
-    module.objective = "classify"
-    module.eval()  # no dropout: the two forward passes must be comparable
+    module.eval()  # no dropout, running statistics: each cell's logits depend on that cell alone
     counts = torch.as_tensor(zeisel_small.X.toarray(), dtype=torch.float32)
     codes = torch.as_tensor(model.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1, 1)
     assert (codes.reshape(-1)[unlabelled] == module.n_labels).all()  # unlabeled is the last index
 
-    def loss_with(labels):
-        tensors = {REGISTRY_KEYS.X_KEY: counts, REGISTRY_KEYS.LABELS_KEY: labels}
-        _, _, out = module(tensors)
+    def loss_with(labels, cells=counts):
+        tensors = {REGISTRY_KEYS.X_KEY: cells, REGISTRY_KEYS.LABELS_KEY: labels}
+        _, _, out = module(tensors, loss_kwargs={"objective": "classify"})
         return out.loss
 
     reference = loss_with(codes)
-    # Changing what the unlabelled cells are "labelled" as must not change the loss...
-    scrambled = codes.clone()
-    scrambled[unlabelled] = module.n_labels  # still unlabelled
-    assert torch.allclose(loss_with(scrambled), reference)
+    # Whatever the unlabelled cells contain, the loss must not change...
+    other_cells = counts.clone()
+    other_cells[unlabelled] = torch.poisson(torch.full_like(counts[unlabelled], 3.0))
+    assert not torch.equal(other_cells, counts)
+    assert torch.allclose(loss_with(codes, other_cells), reference)
     # ...whereas relabelling a labelled cell does.
     labelled_cell = int(np.setdiff1d(np.arange(zeisel_small.n_obs), unlabelled)[0])
     relabelled = codes.clone()
@@ -70,10 +70,9 @@ def test_unlabelled_cells_do_not_contribute_to_loss(zeisel_small):
 
 def test_all_unlabelled_batch_gives_zero_loss():
     module = SCHyenaModule(n_genes=50, n_labels=3, **TINY)
-    module.objective = "classify"
     counts = torch.poisson(torch.full((4, 50), 2.0))
     tensors = {REGISTRY_KEYS.X_KEY: counts, REGISTRY_KEYS.LABELS_KEY: torch.full((4, 1), 3.0)}
-    _, _, out = module(tensors)
+    _, _, out = module(tensors, loss_kwargs={"objective": "classify"})
     assert out.loss.item() == 0.0 and out.loss.requires_grad
 
 
@@ -162,9 +161,8 @@ def test_imputer_training_records_dropout_metrics(imputer):
 def test_imputation_loss_scores_the_dropped_entries():
     torch.manual_seed(0)
     module = SCHyenaModule(n_genes=40, **TINY)
-    module.dropout_ratio = 0.3
     counts = torch.poisson(torch.full((6, 40), 1.0))
-    out = module.inference(counts, simulate_dropout=True)
+    out = module.inference(counts, dropout_ratio=0.3)
     dropped = out["dropped"]
     assert dropped.any() and not (dropped & (counts == 0)).any()  # only non-zeros are dropped
     assert (out["values"][dropped] == 0).all()  # the network sees them as zeros...

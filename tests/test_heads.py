@@ -5,9 +5,9 @@ import scanpy as sc
 import torch
 
 import schyena_tools as st
-from schyena_tools.nn.heads import CellExpressionHead, CellStandardize
+from schyena_tools.nn import CellExpressionHead, CellStandardize
 
-from .conftest import TINY
+from ._helpers import TINY
 
 
 def test_head_starts_at_the_gene_means():

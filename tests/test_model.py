@@ -3,11 +3,12 @@
 import numpy as np
 import scipy.sparse as sp
 import torch
+from lightning.pytorch.callbacks import Callback
 
 import schyena_tools as st
 from schyena_tools.module import log_normalize, sample_expression_mask
 
-from .conftest import TINY
+from ._helpers import TINY
 
 
 def test_log_normalize_matches_scanpy_recipe(zeisel_small):
@@ -119,3 +120,39 @@ def test_view_anndata_setup(trained_small, capsys):
     model, _ = trained_small
     model.view_anndata_setup()
     assert "labels" in capsys.readouterr().out.lower()
+
+
+class _RecordModes(Callback):
+    """Records, at every training step, whether any submodule of the module is in eval mode."""
+
+    def __init__(self):
+        self.eval_modules_seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        module = pl_module.module
+        self.eval_modules_seen.append(sum(not m.training for m in module.modules()))
+
+
+def test_training_after_inference_runs_in_train_mode(zeisel_small):
+    """Inference and a finished phase leave the module in eval mode; the next phase must not."""
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
+    model = st.SCHyena(zeisel_small, **TINY)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    model.get_latent_representation()
+    first = _RecordModes()
+    model.train(max_epochs=1, enable_progress_bar=False, callbacks=[first])
+    model.get_imputed_expression(gene_list=list(zeisel_small.var_names[:3]))
+    second = _RecordModes()
+    model.train_classifier(max_epochs=1, enable_progress_bar=False, callbacks=[second])
+    assert first.eval_modules_seen and set(first.eval_modules_seen) == {0}
+    assert second.eval_modules_seen and set(second.eval_modules_seen) == {0}
+
+
+def test_inference_restores_the_mode_it_found(trained_small):
+    model, _ = trained_small
+    model.module.train()
+    model.get_latent_representation()
+    assert model.module.training and all(m.training for m in model.module.modules())
+    model.module.eval()
+    model.get_latent_representation()
+    assert not model.module.training

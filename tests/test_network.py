@@ -11,12 +11,7 @@ from schyena_tools.nn import (
     fast_fft_size,
 )
 
-
-def tiny_encoder(n_genes=50, **kwargs):
-    torch.manual_seed(0)
-    defaults = dict(d_model=16, n_layers=2, filter_hidden_dim=16)
-    defaults.update(kwargs)
-    return SCHyenaEncoder(n_genes, **defaults)
+from ._helpers import tiny_encoder
 
 
 @pytest.mark.parametrize("length", [1, 2, 7, 64, 257, 1000])

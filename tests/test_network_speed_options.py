@@ -11,7 +11,6 @@ import torch
 from schyena_tools.nn import (
     BidirectionalAttentionMixer,
     BidirectionalHyenaOperator,
-    SCHyenaEncoder,
     compile_encoder,
     depthwise_short_conv,
     direct_conv_reference,
@@ -19,13 +18,7 @@ from schyena_tools.nn import (
     pad_filters,
 )
 
-
-def tiny_encoder(n_genes=50, **kwargs):
-    torch.manual_seed(0)
-    defaults = dict(d_model=16, n_layers=2, filter_hidden_dim=16)
-    defaults.update(kwargs)
-    return SCHyenaEncoder(n_genes, **defaults)
-
+from ._helpers import tiny_encoder
 
 # ---- attention baseline -------------------------------------------------------------------------
 

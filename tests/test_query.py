@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import schyena_tools as st
+from schyena_tools.module import log_normalize
 
-from .conftest import TINY
+from ._helpers import TINY
 
 QUIET = dict(enable_progress_bar=False)
 
@@ -79,6 +80,16 @@ def test_partial_panel_with_extra_genes(trained_small):
     assert z.shape == (query.n_obs, TINY["d_model"]) and np.isfinite(z).all()
     imputed = model.get_imputed_expression()
     assert list(imputed.columns) == list(query.var_names[:500])  # genes outside the vocabulary dropped
+    # all_genes: one column per query gene, in its order; genes outside the vocabulary keep
+    # their observed log-normalised values, imputed genes equal the default output.
+    full = model.get_imputed_expression(all_genes=True)
+    assert list(full.columns) == list(query.var_names)
+    observed = log_normalize(torch.as_tensor(query.X, dtype=torch.float32), model.module.target_sum).numpy()
+    np.testing.assert_allclose(full[list(extra.columns)].to_numpy(), observed[:, -5:], rtol=1e-6)
+    np.testing.assert_allclose(full[imputed.columns].to_numpy(), imputed.to_numpy())
+    assert (~query.var_names.isin(model.gene_vocabulary)).sum() == 5
+    with pytest.raises(ValueError, match="either gene_list or all_genes"):
+        model.get_imputed_expression(all_genes=True, gene_list=["NotInVocab0"])
 
 
 def test_missing_genes_are_never_masked_or_scored(trained_small):
@@ -88,11 +99,10 @@ def test_missing_genes_are_never_masked_or_scored(trained_small):
         warnings.simplefilter("ignore", UserWarning)
         model = st.SCHyena.load_query_data(query, reference)
     module = model.module
-    module.mask_ratio, module.zero_mask_ratio, module.dropout_ratio = 0.9, 0.9, 0.9
     counts = torch.as_tensor(query.X.toarray(), dtype=torch.float32)
     missing = module.gene_index < 0
 
-    out = module.inference(counts, mask_values=True)
+    out = module.inference(counts, mask_ratio=0.9, zero_mask_ratio=0.9)
     assert out["missing"].equal(missing) and not out["masked"][:, missing].any()
     loss = module.masked_expression_loss(out).loss
     for name in ("predicted_expression", "cell_predicted_expression"):
@@ -101,7 +111,7 @@ def test_missing_genes_are_never_masked_or_scored(trained_small):
     assert torch.allclose(module.masked_expression_loss(out).loss, loss)  # ...costs nothing
 
     torch.manual_seed(0)
-    out = module.inference(counts, simulate_dropout=True)
+    out = module.inference(counts, dropout_ratio=0.9)
     assert not out["dropped"][:, missing].any() and not out["masked"][:, missing].any()
     loss = module.imputation_loss(out).loss
     out["predicted_expression"] = out["predicted_expression"].clone()

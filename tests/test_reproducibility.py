@@ -6,7 +6,7 @@ import torch
 
 import schyena_tools as st
 
-from .conftest import TINY
+from ._helpers import TINY
 
 
 def _train(adata, seed):

@@ -1,8 +1,10 @@
 """scHyena for scverse: a full-length single-cell foundation model built on bidirectional Hyena."""
 
-from . import datasets, nn, pl, pretrained
+from importlib.metadata import version as _version
+
+from . import datasets, nn, pl, pretrained, validation
 from .model import SCHyena
 
-__version__ = "0.1.0"
+__version__ = _version("schyena-tools")
 
-__all__ = ["SCHyena", "datasets", "nn", "pl", "pretrained", "__version__"]
+__all__ = ["SCHyena", "datasets", "nn", "pl", "pretrained", "validation", "__version__"]

@@ -46,17 +46,22 @@ def _check_output(path: str) -> Path:
 
 
 def _check_model(name_or_folder: str) -> Path:
+    """The model folder ``--model`` names (a folder or the bundled model's name), checked."""
+    from schyena_tools import SCHyena
     from schyena_tools.pretrained import ZEISEL_BRAIN_MODEL_DIR
-    from schyena_tools.pretrained._load import MODEL_FILE
 
     folder = Path(name_or_folder)
     if not folder.exists() and name_or_folder == BUNDLED_MODEL_NAME:
         folder = ZEISEL_BRAIN_MODEL_DIR
-    if not (folder / MODEL_FILE).is_file():
+    if not folder.exists():
         raise UsageError(
             f"model {name_or_folder!r} is neither a folder written by 'schyena-tools pretrain' / model.save "
             f"nor the bundled model's name {BUNDLED_MODEL_NAME!r}"
         )
+    try:
+        SCHyena.check_saved_model(folder)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"model {name_or_folder!r}: {error}") from error
     return folder
 
 
@@ -78,7 +83,7 @@ def _read(path: Path, args: argparse.Namespace):
     return adata
 
 
-def _working_copy(adata, args: argparse.Namespace, keep_obs: tuple[str, ...] = ()):
+def _working_copy(adata, args: argparse.Namespace, keep_obs: tuple[str | None, ...] = ()):
     """A light AnnData for the model (counts and the needed obs columns only).
 
     scvi-tools adds bookkeeping columns to the data it registers; working on this copy keeps
@@ -90,12 +95,6 @@ def _working_copy(adata, args: argparse.Namespace, keep_obs: tuple[str, ...] = (
     counts = adata.X if layer is None else adata.layers[layer]
     obs = adata.obs[[key for key in keep_obs if key is not None]].copy()
     return AnnData(X=counts, obs=obs, var=adata.var[[]].copy())
-
-
-def _seed(args: argparse.Namespace) -> None:
-    import scvi
-
-    scvi.settings.seed = args.seed
 
 
 def _trainer_kwargs(args: argparse.Namespace) -> dict:
@@ -117,12 +116,6 @@ def _devices(text: str):
     return int(text)
 
 
-def _write(adata, path: Path, args: argparse.Namespace, started: float) -> None:
-    _say(f"writing {path}", args)
-    adata.write_h5ad(path, compression="gzip")
-    _say(f"done in {time.perf_counter() - started:.0f} s", args)
-
-
 def _load_model_onto(model_folder: Path, work, args: argparse.Namespace):
     import warnings
 
@@ -136,6 +129,42 @@ def _load_model_onto(model_folder: Path, work, args: argparse.Namespace):
         if "vocabulary" in str(warning.message):
             _say(str(warning.message), args)
     return model
+
+
+def _run_on_file(
+    args: argparse.Namespace,
+    work_on,
+    keep_obs: tuple[str | None, ...] = (),
+    check_input=None,
+    **setup_kwargs,
+):
+    """The skeleton of every file command: check, read, copy, set up, (load), run, write.
+
+    ``check_input(adata)``, if given, checks the data as read before any work.
+    ``work_on(adata, work, model)`` runs the command on the working copy ``work`` and writes its
+    results into ``adata`` (the user's data as read); ``model`` is the model loaded from
+    ``args.model``, or None for commands without one. ``setup_kwargs`` go to
+    ``SCHyena.setup_anndata`` of the working copy.
+    """
+    source, output = _check_input(args.input), _check_output(args.output)
+    model_folder = _check_model(args.model) if getattr(args, "model", None) else None
+    started = time.perf_counter()
+    adata = _read(source, args)
+    if check_input is not None:
+        check_input(adata)
+    import scvi
+
+    from schyena_tools import SCHyena
+
+    if hasattr(args, "seed"):
+        scvi.settings.seed = args.seed
+    work = _working_copy(adata, args, keep_obs)
+    SCHyena.setup_anndata(work, **setup_kwargs)
+    model = _load_model_onto(model_folder, work, args) if model_folder is not None else None
+    work_on(adata, work, model)
+    _say(f"writing {output}", args)
+    adata.write_h5ad(output, compression="gzip")
+    _say(f"done in {time.perf_counter() - started:.0f} s", args)
 
 
 # ---------------------------------------------------------------------- commands
@@ -155,110 +184,90 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    source, output = _check_input(args.input), _check_output(args.output)
     model_out = Path(args.model_out)
     if model_out.exists() and any(model_out.iterdir()) and not args.overwrite:
         raise UsageError(
             f"model folder {args.model_out!r} exists and is not empty; pass --overwrite to replace it"
         )
-    started = time.perf_counter()
-    adata = _read(source, args)
-    _seed(args)
-    from schyena_tools import SCHyena
 
-    work = _working_copy(adata, args, keep_obs=(args.batch_key,))
-    SCHyena.setup_anndata(work, batch_key=args.batch_key)
-    model = SCHyena(work, d_model=args.d_model, n_layers=args.n_layers)
-    _say(f"{model._model_summary_string} Pre-training on {work.n_obs} cells.", args)
-    model.train(mask_ratio=args.mask_ratio, **_trainer_kwargs(args))
-    _say(f"saving model to {model_out}", args)
-    model.save(str(model_out), overwrite=True)
-    _say("embedding cells", args)
-    adata.obsm["X_schyena"] = model.get_latent_representation(batch_size=args.batch_size)
-    _write(adata, output, args, started)
+    def work_on(adata, work, _):
+        from schyena_tools import SCHyena
+
+        model = SCHyena(work, d_model=args.d_model, n_layers=args.n_layers)
+        _say(
+            f"SCHyena with {len(model.gene_vocabulary)} gene tokens per cell, d_model={args.d_model}, "
+            f"n_layers={args.n_layers}. Pre-training on {work.n_obs} cells.",
+            args,
+        )
+        model.train(mask_ratio=args.mask_ratio, **_trainer_kwargs(args))
+        _say(f"saving model to {model_out}", args)
+        model.save(str(model_out), overwrite=True)
+        _say("embedding cells", args)
+        adata.obsm["X_schyena"] = model.get_latent_representation(batch_size=args.batch_size)
+
+    _run_on_file(args, work_on, keep_obs=(args.batch_key,), batch_key=args.batch_key)
 
 
 def _embed(args: argparse.Namespace) -> None:
-    source, output = _check_input(args.input), _check_output(args.output)
-    model_folder = _check_model(args.model)
-    started = time.perf_counter()
-    adata = _read(source, args)
-    work = _working_copy(adata, args)
-    from schyena_tools import SCHyena
+    def work_on(adata, work, model):
+        _say(f"embedding {work.n_obs} cells", args)
+        adata.obsm["X_schyena"] = model.get_latent_representation(batch_size=args.batch_size)
 
-    SCHyena.setup_anndata(work)
-    model = _load_model_onto(model_folder, work, args)
-    _say(f"embedding {work.n_obs} cells", args)
-    adata.obsm["X_schyena"] = model.get_latent_representation(batch_size=args.batch_size)
-    _write(adata, output, args, started)
+    _run_on_file(args, work_on)
 
 
 def _annotate(args: argparse.Namespace) -> None:
-    source, output = _check_input(args.input), _check_output(args.output)
-    model_folder = _check_model(args.model)
-    started = time.perf_counter()
-    adata = _read(source, args)
-    labels = adata.obs[args.labels_key].astype(str)
-    n_labelled = int((labels != args.unlabeled_category).sum())
-    if labels[labels != args.unlabeled_category].nunique() < 2:
-        raise UsageError(
-            f"obs column {args.labels_key!r} needs at least two labelled cell types "
-            f"(cells labelled {args.unlabeled_category!r} are the ones to predict)"
-        )
-    _seed(args)
-    work = _working_copy(adata, args, keep_obs=(args.labels_key,))
-    from schyena_tools import SCHyena
+    def work_on(adata, work, model):
+        labels = work.obs[args.labels_key].astype(str)
+        labelled = labels[labels != args.unlabeled_category]
+        _say(f"fine-tuning a classifier on {len(labelled)} labelled cells", args)
+        model.train_classifier(**_trainer_kwargs(args))
+        _say(f"predicting {work.n_obs} cells", args)
+        predicted, confidence = model.predict(batch_size=args.batch_size, return_confidence=True)
+        adata.obs["schyena_prediction"] = predicted.astype(str)
+        adata.obs["schyena_prediction"] = adata.obs["schyena_prediction"].astype("category")
+        adata.obs["schyena_confidence"] = confidence.astype("float32")
+        if args.model_out:
+            model.save(args.model_out, overwrite=True)
 
-    SCHyena.setup_anndata(work, labels_key=args.labels_key, unlabeled_category=args.unlabeled_category)
-    model = _load_model_onto(model_folder, work, args)
-    _say(f"fine-tuning a classifier on {n_labelled} labelled cells", args)
-    model.train_classifier(**_trainer_kwargs(args))
-    _say(f"predicting {work.n_obs} cells", args)
-    predicted, confidence = model.predict(batch_size=args.batch_size, return_confidence=True)
-    adata.obs["schyena_prediction"] = predicted.astype(str)
-    adata.obs["schyena_prediction"] = adata.obs["schyena_prediction"].astype("category")
-    adata.obs["schyena_confidence"] = confidence.astype("float32")
-    if args.model_out:
-        model.save(args.model_out, overwrite=True)
-    _write(adata, output, args, started)
+    def check_labels(adata):
+        labels = adata.obs[args.labels_key].astype(str)
+        if labels[labels != args.unlabeled_category].nunique() < 2:
+            raise UsageError(
+                f"obs column {args.labels_key!r} needs at least two labelled cell types "
+                f"(cells labelled {args.unlabeled_category!r} are the ones to predict)"
+            )
+
+    _run_on_file(
+        args,
+        work_on,
+        keep_obs=(args.labels_key,),
+        check_input=check_labels,
+        labels_key=args.labels_key,
+        unlabeled_category=args.unlabeled_category,
+    )
 
 
 def _impute(args: argparse.Namespace) -> None:
-    import numpy as np
+    def work_on(adata, work, model):
+        if args.max_epochs > 0:
+            _say(f"fine-tuning for imputation on {work.n_obs} cells", args)
+            model.train_imputer(**_trainer_kwargs(args))
+        _say(f"imputing {work.n_obs} cells", args)
+        # One column per gene of the input: genes outside the model's vocabulary keep their
+        # observed log-normalised values, and var["schyena_imputed"] says which were imputed.
+        imputed = model.get_imputed_expression(
+            batch_size=args.batch_size, keep_observed=not args.denoise, all_genes=True, return_numpy=True
+        )
+        adata.layers["schyena_imputed"] = imputed
+        adata.var["schyena_imputed"] = adata.var_names.isin(model.gene_vocabulary)
+        adata.uns["schyena_imputed"] = {
+            "scale": f"log1p(counts / library size * {model.module.target_sum:g})",
+            "observed_values_kept": not args.denoise,
+            "genes_imputed": int(adata.var["schyena_imputed"].sum()),
+        }
 
-    source, output = _check_input(args.input), _check_output(args.output)
-    model_folder = _check_model(args.model)
-    started = time.perf_counter()
-    adata = _read(source, args)
-    _seed(args)
-    work = _working_copy(adata, args)
-    from schyena_tools import SCHyena
-    from schyena_tools.module._module import log_normalize
-
-    SCHyena.setup_anndata(work)
-    model = _load_model_onto(model_folder, work, args)
-    if args.max_epochs > 0:
-        _say(f"fine-tuning for imputation on {work.n_obs} cells", args)
-        model.train_imputer(**_trainer_kwargs(args))
-    _say(f"imputing {work.n_obs} cells", args)
-    imputed = model.get_imputed_expression(batch_size=args.batch_size, keep_observed=not args.denoise)
-    # Genes outside the model's vocabulary cannot be imputed: they keep their observed
-    # log-normalised values, and var["schyena_imputed"] says which genes were imputed.
-    import torch
-    from scipy import sparse
-
-    counts = work.X.toarray() if sparse.issparse(work.X) else np.asarray(work.X)
-    layer = log_normalize(torch.as_tensor(counts, dtype=torch.float32), model.module.target_sum).numpy()
-    columns = adata.var_names.get_indexer(imputed.columns)
-    layer[:, columns] = imputed.to_numpy()
-    adata.layers["schyena_imputed"] = layer
-    adata.var["schyena_imputed"] = np.isin(np.arange(adata.n_vars), columns)
-    adata.uns["schyena_imputed"] = {
-        "scale": f"log1p(counts / library size * {model.module.target_sum:g})",
-        "observed_values_kept": not args.denoise,
-        "genes_imputed": int(len(columns)),
-    }
-    _write(adata, output, args, started)
+    _run_on_file(args, work_on)
 
 
 # ---------------------------------------------------------------------- parser

@@ -1,5 +1,7 @@
-"""User-facing model classes."""
+"""The user-facing model: :class:`SCHyena` and the parts it is made of (one job per file)."""
 
 from ._model import SCHyena
+from ._training_plan import SCHyenaTrainingPlan
+from ._vocabulary import gene_index_for, match_genes_to_vocabulary, output_columns
 
-__all__ = ["SCHyena"]
+__all__ = ["SCHyena", "SCHyenaTrainingPlan", "gene_index_for", "match_genes_to_vocabulary", "output_columns"]

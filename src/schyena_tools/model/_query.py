@@ -8,47 +8,9 @@ import warnings
 import pandas as pd
 from anndata import AnnData
 
+from ._vocabulary import match_genes_to_vocabulary
+
 logger = logging.getLogger(__name__)
-
-
-def match_genes_to_vocabulary(
-    vocabulary: pd.Index, query_genes: pd.Index, case_insensitive: bool = False
-) -> pd.Series:
-    """Map each vocabulary gene to the query gene measuring it.
-
-    Exact matches first; with ``case_insensitive``, the vocabulary genes left over are then
-    matched ignoring case (``Gapdh`` to ``GAPDH``, e.g. mouse and human symbols).
-
-    Returns
-    -------
-    Series indexed by the vocabulary, holding the matched query gene name or ``None``.
-
-    """
-    if query_genes.has_duplicates:
-        duplicated = query_genes[query_genes.duplicated()].unique()[:5].tolist()
-        raise ValueError(
-            f"the query's var_names are not unique (e.g. {duplicated}); call adata.var_names_make_unique()."
-        )
-    matched = pd.Series([g if g in query_genes else None for g in vocabulary], index=vocabulary, dtype=object)
-    if case_insensitive:
-        used = set(matched.dropna())
-        by_lower: dict[str, list[str]] = {}
-        for gene in query_genes:
-            if gene not in used:
-                by_lower.setdefault(gene.lower(), []).append(gene)
-        for position, gene in enumerate(vocabulary):
-            if matched.iat[position] is not None:
-                continue
-            candidates = by_lower.get(gene.lower(), [])
-            if len(candidates) > 1:
-                raise ValueError(
-                    f"vocabulary gene {gene!r} matches several query genes ignoring case: {candidates}; "
-                    "make the query's gene names unique ignoring case, or use case_insensitive=False."
-                )
-            if candidates:
-                matched.iat[position] = candidates[0]
-                by_lower.pop(gene.lower())
-    return matched
 
 
 class QueryMixin:
@@ -155,8 +117,6 @@ class QueryMixin:
             raise RuntimeError(
                 f"weights do not transfer: missing {unexplained}, unexpected {list(unexpected)}"
             )
-        for attribute in ("mask_ratio", "zero_mask_ratio", "dropout_ratio"):
-            setattr(query_model.module, attribute, getattr(reference_model.module, attribute))
         query_model.is_trained_ = reference_model.is_trained_
         query_model.is_classifier_trained_ = same_classes and getattr(
             reference_model, "is_classifier_trained_", False

@@ -11,10 +11,8 @@ import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
-from torch import nn
 
-from schyena_tools.nn import SCHyenaEncoder
-from schyena_tools.nn.heads import CellExpressionHead
+from schyena_tools.nn import CellExpressionHead, CellTypeClassifier, SCHyenaEncoder
 
 OBJECTIVES = ("pretrain", "classify", "impute")
 
@@ -30,6 +28,23 @@ def log_normalize(counts: torch.Tensor, target_sum: float) -> torch.Tensor:
     """
     library = counts.sum(dim=1, keepdim=True).clamp_min(1e-8)
     return torch.log1p(counts / library * target_sum)
+
+
+def align_to_vocabulary(
+    values: torch.Tensor, gene_index: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Data columns -> vocabulary order, and which vocabulary genes the data did not measure.
+
+    ``gene_index`` holds the data column of each vocabulary gene, -1 where absent (see
+    :func:`schyena_tools.model.gene_index_for`); ``None`` means the columns are the vocabulary.
+    Returns the aligned ``(cells, vocabulary)`` values (zero at missing genes) and the
+    ``(vocabulary,)`` missing mask (``None`` when nothing is missing or reordered).
+    """
+    if gene_index is None:
+        return values, None
+    index = gene_index.to(values.device)
+    missing = index < 0
+    return values[:, index.clamp_min(0)].masked_fill(missing, 0.0), missing
 
 
 def sample_expression_mask(
@@ -53,54 +68,6 @@ def sample_expression_mask(
     return masked
 
 
-class CellTypeClassifier(nn.Module):
-    """Cell-type logits from the encoder output: the cell embedding plus a gene-wise readout.
-
-    ``logits = W_cell LayerNorm(cell_embedding) + W_genes [u . h_g]_g + b``: a linear layer on
-    the cell embedding, and a linear layer over one learned scalar per gene token (``u . h_g``,
-    the final state of gene ``g`` projected on ``u``; zero for missing genes). The mean-pooled
-    embedding alone is a ``d_model``-dimensional summary of thousands of genes; fine-grained
-    types (tens of subclasses) hinge on a handful of marker genes, and the gene-wise readout
-    lets the head weigh each gene's contextualised state directly, as a logistic regression on
-    genes would, while the encoder supplies the context. ``O(genes x classes)`` parameters.
-
-    Parameters
-    ----------
-    d_model
-        Width of the token states and of the cell embedding.
-    n_genes
-        Vocabulary size.
-    n_labels
-        Number of classes.
-    dropout
-        Dropout on both inputs of the head.
-
-    """
-
-    def __init__(self, d_model: int, n_genes: int, n_labels: int, dropout: float = 0.1):
-        super().__init__()
-        self.cell_norm = nn.LayerNorm(d_model)
-        self.cell_linear = nn.Linear(d_model, n_labels)
-        self.token_projection = nn.Linear(d_model, 1)
-        self.gene_linear = nn.Linear(n_genes, n_labels, bias=False)
-        self.dropout = nn.Dropout(dropout)
-
-    @property
-    def out_features(self) -> int:
-        """Number of classes."""
-        return self.cell_linear.out_features
-
-    def forward(
-        self, cell_embedding: torch.Tensor, hidden: torch.Tensor, missing: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``(cells, d)``, ``(cells, genes, d)`` and optional missing mask -> ``(cells, n_labels)``."""
-        per_gene = self.token_projection(hidden).squeeze(-1)
-        if missing is not None:
-            per_gene = per_gene.masked_fill(missing.expand_as(per_gene), 0.0)
-        cell_logits = self.cell_linear(self.dropout(self.cell_norm(cell_embedding)))
-        return cell_logits + self.gene_linear(self.dropout(per_gene))
-
-
 class SCHyenaModule(BaseModuleClass):
     """scvi-tools module for scHyena.
 
@@ -115,6 +82,18 @@ class SCHyenaModule(BaseModuleClass):
     n_labels
         Number of cell-type classes of the classification head (the unlabeled category not
         counted); 0 builds no head.
+    gene_index
+        Column of the registered data for each vocabulary gene, -1 where the data did not
+        measure it (see :func:`schyena_tools.model.gene_index_for`); ``None`` when the data
+        columns are the vocabulary, in order.
+
+    Notes
+    -----
+    What a forward pass does is set by its arguments only: the masking of
+    :meth:`inference` (``mask_ratio``, ``dropout_ratio``, ``mask_zeros``) and the ``objective``
+    of :meth:`loss`. A training phase passes them through its training plan
+    (:class:`schyena_tools.model.SCHyenaTrainingPlan`); nothing flips the module's mode from
+    outside.
 
     """
 
@@ -130,6 +109,7 @@ class SCHyenaModule(BaseModuleClass):
         gradient_checkpointing: bool = False,
         target_sum: float = 1e4,
         n_labels: int = 0,
+        gene_index: torch.Tensor | None = None,
     ):
         super().__init__()
         self.n_genes = n_genes
@@ -147,15 +127,12 @@ class SCHyenaModule(BaseModuleClass):
         self.cell_expression_head = CellExpressionHead(d_model, n_genes)
         self.n_labels = n_labels
         self.classifier = CellTypeClassifier(d_model, n_genes, n_labels) if n_labels > 0 else None
-        # What the training step optimises; the model class sets it for each training phase.
-        self.objective = "pretrain"
-        self.mask_ratio = 0.15
-        self.zero_mask_ratio = 0.015
-        # Fraction of each cell's non-zero counts dropped (set to zero) in imputer training.
-        self.dropout_ratio = 0.1
-        # Position in the registered data of each vocabulary gene, -1 where it was not measured.
-        # None means the data columns are exactly the vocabulary, in order.
-        self.gene_index: torch.Tensor | None = None
+        if gene_index is not None:
+            gene_index = torch.as_tensor(gene_index, dtype=torch.long)
+            if gene_index.shape != (n_genes,):
+                raise ValueError(f"gene_index must have one entry per vocabulary gene ({n_genes})")
+        # Not in the state dict: it describes the data the model is registered on, not the model.
+        self.register_buffer("gene_index", gene_index, persistent=False)
 
     @property
     def embedding_dim(self) -> int:
@@ -163,13 +140,8 @@ class SCHyenaModule(BaseModuleClass):
         return self.encoder.d_model
 
     def align_to_vocabulary(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Reorder data columns into vocabulary order; report which vocabulary genes are missing."""
-        if self.gene_index is None:
-            return counts, None
-        index = self.gene_index.to(counts.device)
-        missing = index < 0
-        aligned = counts[:, index.clamp_min(0)].masked_fill(missing, 0.0)
-        return aligned, missing
+        """Reorder data columns into vocabulary order; see :func:`align_to_vocabulary`."""
+        return align_to_vocabulary(counts, self.gene_index)
 
     def normalize_and_align(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw counts of the registered genes -> log-normalised values in vocabulary order.
@@ -181,18 +153,15 @@ class SCHyenaModule(BaseModuleClass):
         return self.align_to_vocabulary(log_normalize(counts, self.target_sum))
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        return {
-            "counts": tensors[REGISTRY_KEYS.X_KEY],
-            "mask_values": self.objective == "pretrain",
-            "simulate_dropout": self.objective == "impute",
-        }
+        return {"counts": tensors[REGISTRY_KEYS.X_KEY]}
 
     @auto_move_data
     def inference(
         self,
         counts: torch.Tensor,
-        mask_values: bool = False,
-        simulate_dropout: bool = False,
+        mask_ratio: float | None = None,
+        zero_mask_ratio: float = 0.0,
+        dropout_ratio: float | None = None,
         mask_zeros: bool = False,
     ) -> dict:
         """Normalise, align to the vocabulary, optionally mask, and encode.
@@ -201,14 +170,17 @@ class SCHyenaModule(BaseModuleClass):
         ----------
         counts
             ``(cells, genes of the registered data)`` raw counts.
-        mask_values
-            Hide a random subset of values (masked expression modelling). Only pre-training steps
-            ask for it; embeddings and predictions never mask at random.
-        simulate_dropout
-            Imputer training: set a random fraction ``dropout_ratio`` of each cell's non-zero
-            counts to zero *before* normalisation (as a real dropout would), then treat every zero
-            as unknown (``mask_zeros``). The original values of the dropped entries are returned
-            as ``dropout_targets`` for :meth:`imputation_loss`.
+        mask_ratio
+            Hide this random fraction of each cell's non-zero values, and ``zero_mask_ratio`` of
+            its zeros (masked expression modelling). Only pre-training steps ask for it;
+            embeddings and predictions never mask at random (``None``).
+        zero_mask_ratio
+            Fraction of zeros hidden along with ``mask_ratio``.
+        dropout_ratio
+            Imputer training: set this random fraction of each cell's non-zero counts to zero
+            *before* normalisation (as a real dropout would), then treat every zero as unknown
+            (``mask_zeros``). The original values of the dropped entries are returned as
+            ``dropout_targets`` for :meth:`imputation_loss`. ``None``: no simulated dropout.
         mask_zeros
             Replace every measured zero by the mask token: a zero is either a dropout or a gene
             that is off, so the network is told "unknown" and predicts the value from the rest of
@@ -217,8 +189,8 @@ class SCHyenaModule(BaseModuleClass):
         """
         counts = counts.float()
         dropped = None
-        if simulate_dropout:
-            dropped = (counts > 0) & (torch.rand_like(counts) < self.dropout_ratio)
+        if dropout_ratio is not None:
+            dropped = (counts > 0) & (torch.rand_like(counts) < dropout_ratio)
             observed_counts = counts.masked_fill(dropped, 0.0)
             # Targets on the scale the network sees: normalised by the library left after the
             # dropout, so a perfect imputer would put the hidden count back exactly.
@@ -227,8 +199,8 @@ class SCHyenaModule(BaseModuleClass):
             counts = observed_counts
             mask_zeros = True
         values, missing = self.normalize_and_align(counts)
-        if mask_values:
-            masked = sample_expression_mask(values, self.mask_ratio, self.zero_mask_ratio, missing)
+        if mask_ratio is not None:
+            masked = sample_expression_mask(values, mask_ratio, zero_mask_ratio, missing)
         elif mask_zeros:
             masked = values == 0
             if missing is not None:
@@ -261,15 +233,17 @@ class SCHyenaModule(BaseModuleClass):
         """Not generative; kept because scvi-tools' forward calls it."""
         return {}
 
-    def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
-        """Loss of the current ``objective``."""
-        if self.objective == "pretrain":
+    def loss(
+        self, tensors, inference_outputs, generative_outputs, objective: str = "pretrain", **kwargs
+    ) -> LossOutput:
+        """Loss of the training ``objective``: ``"pretrain"``, ``"classify"`` or ``"impute"``."""
+        if objective == "pretrain":
             return self.masked_expression_loss(inference_outputs)
-        if self.objective == "classify":
+        if objective == "classify":
             return self.classification_loss(tensors, inference_outputs)
-        if self.objective == "impute":
+        if objective == "impute":
             return self.imputation_loss(inference_outputs)
-        raise ValueError(f"unknown training objective {self.objective!r}; expected one of {OBJECTIVES}")
+        raise ValueError(f"unknown training objective {objective!r}; expected one of {OBJECTIVES}")
 
     @staticmethod
     def masked_expression_loss(inference_outputs: dict) -> LossOutput:
@@ -283,7 +257,7 @@ class SCHyenaModule(BaseModuleClass):
         """
         masked = inference_outputs["masked"]
         if masked is None:
-            raise RuntimeError("masked expression loss needs masked values; set mask_values=True")
+            raise RuntimeError("masked expression loss needs masked values; pass mask_ratio to inference")
         values = inference_outputs["values"]
         masked_weights = masked.float()
         token_error = F.mse_loss(inference_outputs["predicted_expression"], values, reduction="none")
@@ -346,7 +320,7 @@ class SCHyenaModule(BaseModuleClass):
         """
         dropped = inference_outputs.get("dropped")
         if dropped is None:
-            raise RuntimeError("imputation loss needs simulated dropout; set simulate_dropout=True")
+            raise RuntimeError("imputation loss needs simulated dropout; pass dropout_ratio to inference")
         values = inference_outputs["values"]
         prediction = inference_outputs["predicted_expression"]
         missing = inference_outputs["missing"]

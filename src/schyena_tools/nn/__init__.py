@@ -1,24 +1,32 @@
-"""Plain-PyTorch scHyena network: no AnnData, no scvi-tools, testable on random tensors."""
+"""Plain-PyTorch scHyena network: no AnnData, no scvi-tools, testable on random tensors.
 
-from .attention import BidirectionalAttentionMixer
-from .encoder import EncoderOutput, SCHyenaEncoder, compile_encoder
-from .hyena import (
-    BidirectionalHyenaOperator,
-    HyenaBlock,
-    ImplicitLongFilter,
+- :mod:`._fftconv`: the FFT kernels (one convolution step, its autograd function, the reference);
+- :mod:`._hyena`: the bidirectional Hyena operator and block;
+- :mod:`._attention`: exact attention with the operator's interface (the speed baseline);
+- :mod:`._encoder`: the encoder (adaptor, gene embedding, blocks, pooling);
+- :mod:`._heads`: the heads on the encoder's output.
+"""
+
+from ._attention import BidirectionalAttentionMixer
+from ._encoder import EncoderOutput, SCHyenaEncoder, compile_encoder
+from ._fftconv import (
     bidirectional_fft_conv,
-    depthwise_short_conv,
     direct_conv_reference,
     fast_fft_size,
-    fft_conv_with_spectrum,
-    filter_spectrum,
+    fft_dtype,
+    fftconv,
     long_convolution,
     pad_filters,
 )
+from ._heads import CellExpressionHead, CellStandardize, CellTypeClassifier
+from ._hyena import BidirectionalHyenaOperator, HyenaBlock, ImplicitLongFilter, depthwise_short_conv
 
 __all__ = [
     "BidirectionalAttentionMixer",
     "BidirectionalHyenaOperator",
+    "CellExpressionHead",
+    "CellStandardize",
+    "CellTypeClassifier",
     "EncoderOutput",
     "HyenaBlock",
     "ImplicitLongFilter",
@@ -28,8 +36,8 @@ __all__ = [
     "depthwise_short_conv",
     "direct_conv_reference",
     "fast_fft_size",
-    "fft_conv_with_spectrum",
-    "filter_spectrum",
+    "fft_dtype",
+    "fftconv",
     "long_convolution",
     "pad_filters",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from anndata import AnnData
 
-from ._load import check_model_dir, load_model
+from ._load import load_model
 
 #: Folder of the bundled model (``model.pt``, written by ``tools/pretrain_bundled_model.py``).
 ZEISEL_BRAIN_MODEL_DIR = Path(__file__).parent / "_files" / "zeisel_brain"
@@ -28,7 +28,7 @@ def zeisel_brain_model_card() -> dict:
     A dict read from ``model_card.json`` beside the weights.
 
     """
-    card = check_model_dir(ZEISEL_BRAIN_MODEL_DIR) / "model_card.json"
+    card = ZEISEL_BRAIN_MODEL_DIR / "model_card.json"
     return json.loads(card.read_text())
 
 
@@ -73,7 +73,7 @@ def load_zeisel_brain_model(adata: AnnData | None = None, accelerator: str = "cp
     >>> model.train_classifier(max_epochs=5)
 
     """
-    folder = check_model_dir(ZEISEL_BRAIN_MODEL_DIR)
+    folder = ZEISEL_BRAIN_MODEL_DIR
     if adata is None:
         from schyena_tools import datasets
         from schyena_tools.model import SCHyena

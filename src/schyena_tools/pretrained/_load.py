@@ -9,31 +9,6 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-#: File written by :meth:`SCHyena.save` inside the model folder.
-MODEL_FILE = "model.pt"
-
-
-def check_model_dir(path: str | Path) -> Path:
-    """The model folder as a Path; a clear error when it holds no saved model."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"model folder {str(folder)!r} does not exist; save a model with model.save(folder)"
-        )
-    if not (folder / MODEL_FILE).is_file():
-        raise FileNotFoundError(
-            f"{str(folder)!r} holds no {MODEL_FILE}: it is not a folder written by SCHyena.save(...)"
-        )
-    return folder
-
-
-def _saved_var_names_and_registry(folder: Path) -> tuple[pd.Index, dict]:
-    import torch
-
-    payload = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=False)
-    var_names = pd.Index(np.asarray(payload["var_names"]).astype(str))
-    return var_names, payload["attr_dict"]["registry_"]
-
 
 def _placeholder_like_training_data(var_names: pd.Index, registry: dict) -> AnnData:
     """A one-cell AnnData that satisfies the saved registration (genes, layer, obs keys).
@@ -85,9 +60,12 @@ def load_model(path: str | Path, adata: AnnData | None = None, accelerator: str 
 
     """
     from schyena_tools.model import SCHyena
+    from schyena_tools.model._save_load import read_saved_model
 
-    folder = check_model_dir(path)
-    var_names, registry = _saved_var_names_and_registry(folder)
+    folder = Path(path)
+    saved = read_saved_model(folder)
+    var_names = pd.Index(np.asarray(saved["var_names"]).astype(str))
+    registry = saved["attr_dict"]["registry_"]
     with warnings.catch_warnings():
         # scvi-tools warns that the one-cell stand-in has "fewer than 3 cells" per category;
         # the stand-in is never trained on, so the warning would only confuse.

@@ -1,6 +1,6 @@
-"""Input checks run before any work, and a safe way to write results into an AnnData."""
+"""Input checks on the user's AnnData and arguments, run before any work."""
 
-from ._validation import (
+from ._checks import (
     BACKED_SAMPLE_ROWS,
     CountsSummary,
     CountsWarning,
@@ -8,7 +8,6 @@ from ._validation import (
     check_anndata,
     check_batch_size,
     check_counts,
-    write_results,
 )
 
 __all__ = [
@@ -19,5 +18,4 @@ __all__ = [
     "check_anndata",
     "check_batch_size",
     "check_counts",
-    "write_results",
 ]

@@ -1,4 +1,4 @@
-"""Output heads that read the cell embedding (plain PyTorch)."""
+"""Output heads on the encoder (plain PyTorch): cell expression and cell type."""
 
 from __future__ import annotations
 
@@ -68,3 +68,51 @@ class CellExpressionHead(nn.Module):
     def forward(self, cell_embedding: torch.Tensor) -> torch.Tensor:
         """``(cells, d)`` -> ``(cells, genes)``."""
         return self.decoder(self.cell_proj(cell_embedding))
+
+
+class CellTypeClassifier(nn.Module):
+    """Cell-type logits from the encoder output: the cell embedding plus a gene-wise readout.
+
+    ``logits = W_cell LayerNorm(cell_embedding) + W_genes [u . h_g]_g + b``: a linear layer on
+    the cell embedding, and a linear layer over one learned scalar per gene token (``u . h_g``,
+    the final state of gene ``g`` projected on ``u``; zero for missing genes). The mean-pooled
+    embedding alone is a ``d_model``-dimensional summary of thousands of genes; fine-grained
+    types (tens of subclasses) hinge on a handful of marker genes, and the gene-wise readout
+    lets the head weigh each gene's contextualised state directly, as a logistic regression on
+    genes would, while the encoder supplies the context. ``O(genes x classes)`` parameters.
+
+    Parameters
+    ----------
+    d_model
+        Width of the token states and of the cell embedding.
+    n_genes
+        Vocabulary size.
+    n_labels
+        Number of classes.
+    dropout
+        Dropout on both inputs of the head.
+
+    """
+
+    def __init__(self, d_model: int, n_genes: int, n_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.cell_norm = nn.LayerNorm(d_model)
+        self.cell_linear = nn.Linear(d_model, n_labels)
+        self.token_projection = nn.Linear(d_model, 1)
+        self.gene_linear = nn.Linear(n_genes, n_labels, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def out_features(self) -> int:
+        """Number of classes."""
+        return self.cell_linear.out_features
+
+    def forward(
+        self, cell_embedding: torch.Tensor, hidden: torch.Tensor, missing: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(cells, d)``, ``(cells, genes, d)`` and optional missing mask -> ``(cells, n_labels)``."""
+        per_gene = self.token_projection(hidden).squeeze(-1)
+        if missing is not None:
+            per_gene = per_gene.masked_fill(missing.expand_as(per_gene), 0.0)
+        cell_logits = self.cell_linear(self.dropout(self.cell_norm(cell_embedding)))
+        return cell_logits + self.gene_linear(self.dropout(per_gene))

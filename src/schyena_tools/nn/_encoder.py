@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .hyena import HyenaBlock
+from ._hyena import HyenaBlock
 
 
 @dataclass

@@ -1,212 +1,21 @@
-"""The bidirectional Hyena operator: gated, implicit, non-causal long convolutions over the gene axis.
+"""The bidirectional Hyena operator and block: small single-purpose modules over :mod:`._fftconv`.
 
 Plain PyTorch, no AnnData or scvi-tools inside. Shapes follow ``(batch, length, channels)`` at the
 module boundary and ``(batch, channels, length)`` inside, where convolutions live.
 
 The operator follows Poli et al. (2023), "Hyena Hierarchy", with one change that scHyena needs:
 genes have no causal order, so every long filter is defined on offsets ``-(L-1) .. (L-1)`` and the
-convolution is non-causal. Zero padding to an FFT size of at least ``2L - 1`` means no output
-position ever receives a contribution that wrapped around the end of the sequence.
+convolution is non-causal (see :mod:`schyena_tools.nn._fftconv`).
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 from torch import nn
 
-
-@lru_cache(maxsize=256)
-def fast_fft_size(minimum: int) -> int:
-    """Smallest integer ``>= minimum`` whose prime factors are only 2, 3 and 5.
-
-    FFT libraries (pocketfft on CPU, cuFFT on GPU) are fastest on such sizes; a prime-length
-    transform can be many times slower. For 19,972 genes the padded length 39,943 becomes 40,000
-    (2^6 * 5^4) instead of 65,536 for the next power of two.
-    """
-    if minimum <= 1:
-        return 1
-    best = 1 << (minimum - 1).bit_length()  # a power of two always qualifies
-    power5 = 1
-    while power5 < best:
-        power35 = power5
-        while power35 < best:
-            candidate = power35
-            while candidate < minimum:
-                candidate *= 2
-            best = min(best, candidate)
-            power35 *= 3
-        power5 *= 5
-    return best
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Real dtype the FFT runs in: float64 for float64 inputs, float32 for everything else."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def pad_filters(
-    filters: torch.Tensor, n_fft: int | None = None, identity_gain: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Offset-indexed filters zero-padded to ``n_fft`` taps in the FFT dtype.
-
-    Parameters
-    ----------
-    filters
-        ``(..., channels, 2L - 1)`` filter ``h`` indexed by offset: ``filters[..., L - 1 + t] = h[t]``.
-    n_fft
-        FFT size, at least ``2L - 1``; :func:`fast_fft_size` of ``2L - 1`` when omitted.
-    identity_gain
-        Optional ``(..., channels)`` values added to the offset-0 tap. ``h conv u + b * u`` then
-        costs one long convolution and no extra pass over the batch: this is how the Hyena
-        operator folds its per-channel bias term into the filter.
-
-    Returns
-    -------
-    ``(..., channels, n_fft)`` float32 (float64 for float64 filters): the filter laid out linearly,
-    offset ``-(L-1)`` at index 0, zeros after index ``2L - 2``.
-
-    """
-    length = (filters.shape[-1] + 1) // 2
-    if n_fft is None:
-        n_fft = fast_fft_size(2 * length - 1)
-    if n_fft < filters.shape[-1]:
-        raise ValueError(f"n_fft = {n_fft} is shorter than the filter ({filters.shape[-1]} taps)")
-    # One zero-filled buffer and one copy; the copy also makes a transposed filter contiguous.
-    padded = filters.new_zeros(filters.shape[:-1] + (n_fft,), dtype=_compute_dtype(filters.dtype))
-    padded[..., : filters.shape[-1]] = filters
-    if identity_gain is not None:
-        padded[..., length - 1] += identity_gain.to(padded.dtype)
-    return padded
-
-
-def filter_spectrum(
-    filters: torch.Tensor, n_fft: int | None = None, identity_gain: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Real FFT of offset-indexed filters, ready for :func:`fft_conv_with_spectrum`.
-
-    Takes the arguments of :func:`pad_filters` and returns the ``(..., channels, n_fft // 2 + 1)``
-    complex spectrum of the padded filter, computed with autocast disabled.
-    """
-    with torch.autocast(device_type=filters.device.type, enabled=False):
-        return torch.fft.rfft(pad_filters(filters, n_fft, identity_gain))
-
-
-class _LongConvolution(torch.autograd.Function):
-    """``irfft(rfft(u, n) * rfft(h_padded))[L-1 : 2L-1]`` with a lean hand-written backward.
-
-    Autograd through ``torch.fft`` would save the batch-sized complex spectrum of ``u`` (4x the
-    memory of ``u`` in float32) and differentiate ``rfft`` with a full complex-to-complex
-    transform. Here only ``u`` (in its own dtype) and the filter spectrum are saved; the backward
-    recomputes ``rfft(u)`` and uses real transforms only:
-    ``grad_u = irfft(G conj(H))[:L]`` and ``grad_h = irfft(sum_batch G conj(U))`` with
-    ``G = rfft(grad placed at L-1 .. 2L-2)``.
-    """
-
-    @staticmethod
-    def forward(ctx, signal: torch.Tensor, padded_filter: torch.Tensor, n_fft: int) -> torch.Tensor:
-        length = signal.shape[-1]
-        with torch.autocast(device_type=signal.device.type, enabled=False):
-            kernel_f = torch.fft.rfft(padded_filter)
-            signal_f = torch.fft.rfft(signal.to(padded_filter.dtype), n=n_fft)
-            signal_f.mul_(kernel_f)
-            out = torch.fft.irfft(signal_f, n=n_fft)[..., length - 1 : 2 * length - 1]
-        ctx.save_for_backward(signal, kernel_f)
-        ctx.n_fft = n_fft
-        return out.to(signal.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        signal, kernel_f = ctx.saved_tensors
-        n_fft = ctx.n_fft
-        length = signal.shape[-1]
-        dtype = torch.float64 if kernel_f.dtype == torch.complex128 else torch.float32
-        grad_signal = grad_filter = None
-        with torch.autocast(device_type=signal.device.type, enabled=False):
-            placed = grad_out.new_zeros(grad_out.shape[:-1] + (n_fft,), dtype=dtype)
-            placed[..., length - 1 : 2 * length - 1] = grad_out
-            grad_f = torch.fft.rfft(placed)
-            del placed
-            if ctx.needs_input_grad[1]:
-                signal_f = torch.fft.rfft(signal.to(dtype), n=n_fft)
-                cross = signal_f.conj_physical_().mul_(grad_f)
-                cross = cross.sum(dim=tuple(range(cross.dim() - kernel_f.dim())))
-                grad_filter = torch.fft.irfft(cross, n=n_fft)
-                del signal_f
-            if ctx.needs_input_grad[0]:
-                grad_f.mul_(kernel_f.conj())
-                grad_signal = torch.fft.irfft(grad_f, n=n_fft)[..., :length].to(signal.dtype)
-        return grad_signal, grad_filter, None
-
-
-def long_convolution(signal: torch.Tensor, padded_filter: torch.Tensor, n_fft: int) -> torch.Tensor:
-    """Non-causal long convolution of ``(batch, channels, L)`` with a :func:`pad_filters` filter.
-
-    Differentiable in both arguments (a custom autograd function that saves ``signal`` and the
-    filter spectrum only). The transform runs in the dtype of ``padded_filter`` (float32 or
-    float64) with autocast disabled; the result has the dtype of ``signal``.
-    """
-    if padded_filter.shape[-1] != n_fft:
-        raise ValueError(f"padded_filter must have n_fft = {n_fft} taps, got {padded_filter.shape[-1]}")
-    return _LongConvolution.apply(signal, padded_filter, n_fft)
-
-
-def fft_conv_with_spectrum(signal: torch.Tensor, spectrum: torch.Tensor, n_fft: int) -> torch.Tensor:
-    """Non-causal long convolution of ``(batch, channels, L)`` signals with a precomputed spectrum.
-
-    ``spectrum`` comes from :func:`filter_spectrum` with the same ``n_fft`` (at least ``2L - 1``).
-    The filter is laid out linearly, so output ``i`` of the non-causal convolution is entry
-    ``i + L - 1`` of the circular one; with ``n_fft >= 2L - 1`` no entry in that window ever
-    receives a wrapped-around contribution. Returns the dtype of ``signal``; the transform runs in
-    the real dtype of ``spectrum`` with autocast disabled.
-    """
-    length = signal.shape[-1]
-    dtype = torch.float64 if spectrum.dtype == torch.complex128 else torch.float32
-    with torch.autocast(device_type=signal.device.type, enabled=False):
-        signal_f = torch.fft.rfft(signal.to(dtype), n=n_fft)
-        out = torch.fft.irfft(signal_f * spectrum, n=n_fft)[..., length - 1 : 2 * length - 1]
-    return out.to(signal.dtype)
-
-
-def bidirectional_fft_conv(signal: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """Non-causal long convolution ``y[i] = sum_j h[i - j] * u[j]`` per channel, by real FFT.
-
-    Parameters
-    ----------
-    signal
-        ``(batch, channels, L)`` input ``u``.
-    filters
-        ``(channels, 2L - 1)`` filter ``h`` indexed by offset: ``filters[:, L - 1 + t] = h[t]``
-        for ``t`` in ``-(L-1) .. L-1``.
-
-    Returns
-    -------
-    ``(batch, channels, L)`` in the dtype of ``signal``. The transform runs in float32 (or float64
-    for float64 inputs) whatever the autocast state, because half-precision FFTs of length 40k lose
-    too many digits. The FFT size is the smallest 5-smooth number ``>= 2L - 1``
-    (:func:`fast_fft_size`).
-
-    """
-    length = signal.shape[-1]
-    if filters.shape[-1] != 2 * length - 1:
-        raise ValueError(
-            f"filters must have 2L - 1 = {2 * length - 1} taps for a signal of length {length}, "
-            f"got {filters.shape[-1]}"
-        )
-    n_fft = fast_fft_size(2 * length - 1)
-    if signal.dtype == torch.float64:
-        filters = filters.to(torch.float64)
-    return long_convolution(signal, pad_filters(filters, n_fft), n_fft)
-
-
-def direct_conv_reference(signal: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """O(L^2) reference for :func:`bidirectional_fft_conv`; only for tests and small L."""
-    length = signal.shape[-1]
-    offsets = torch.arange(length)[:, None] - torch.arange(length)[None, :]  # i - j
-    toeplitz = filters[:, offsets + length - 1]  # (channels, L_out, L_in)
-    return torch.einsum("cij,bcj->bci", toeplitz, signal)
+from ._fftconv import fast_fft_size, fft_dtype, fftconv, long_convolution, pad_filters
 
 
 class Sin(nn.Module):
@@ -353,7 +162,7 @@ class BidirectionalHyenaOperator(nn.Module):
     the short convolution is :func:`depthwise_short_conv`; all ``N`` filter spectra are computed
     in one real FFT per forward (shared by the batch), with the bias term ``bias_n * z`` folded
     into the offset-0 tap so it costs nothing per cell. Without autograd the gated convolutions
-    run in three reused buffers, in place. Under autocast the projections run in the autocast
+    run in one reused buffer, in place. Under autocast the projections run in the autocast
     dtype, the gates and the short convolution in the dtype of the projections, and the FFTs in
     float32.
 
@@ -445,20 +254,11 @@ class BidirectionalHyenaOperator(nn.Module):
     def _gated_convolutions_inplace(
         self, z: torch.Tensor, gates: list[torch.Tensor], spectra: torch.Tensor, n_fft: int
     ) -> torch.Tensor:
-        """Autograd-free gated convolutions: products in place, gates written into the FFT input."""
-        batch, channels, length = z.shape
-        dtype = torch.float64 if spectra.dtype == torch.complex128 else torch.float32
-        padded = z.new_zeros((batch, channels, n_fft), dtype=dtype)  # tail stays zero
-        padded[..., :length] = z
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            for n, gate in enumerate(gates):
-                spectrum = torch.fft.rfft(padded)
-                spectrum.mul_(spectra[n])
-                circular = torch.fft.irfft(spectrum, n=n_fft)
-                del spectrum
-                torch.mul(gate, circular[..., length - 1 : 2 * length - 1], out=padded[..., :length])
-                del circular
-        return padded[..., :length]
+        """Autograd-free gated convolutions: each product written in place into one buffer."""
+        z = z.to(fft_dtype(spectra.dtype), copy=True)
+        for n, gate in enumerate(gates):
+            torch.mul(gate, fftconv(z, spectra[n], n_fft), out=z)
+        return z
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``u``: ``(batch, L, d_model)`` -> ``(batch, L, d_model)``."""
@@ -493,7 +293,7 @@ class HyenaBlock(nn.Module):
     mixer
         ``"hyena"`` (default): :class:`BidirectionalHyenaOperator`; ``"attention"``: exact
         multi-head softmax attention over all tokens
-        (:class:`~schyena_tools.nn.attention.BidirectionalAttentionMixer`), the quadratic
+        (:class:`~schyena_tools.nn.BidirectionalAttentionMixer`), the quadratic
         baseline that the speed benchmark compares against. Everything else is identical.
     attention_heads
         Number of heads of the attention mixer (ignored for Hyena).
@@ -516,7 +316,7 @@ class HyenaBlock(nn.Module):
         if mixer == "hyena":
             self.mixer = BidirectionalHyenaOperator(d_model, dropout=dropout, **operator_kwargs)
         elif mixer == "attention":
-            from .attention import BidirectionalAttentionMixer
+            from ._attention import BidirectionalAttentionMixer
 
             self.mixer = BidirectionalAttentionMixer(d_model, n_heads=attention_heads, dropout=dropout)
         else:
@@ -544,18 +344,3 @@ def _residual_add(residual: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
     if branch.dtype == residual.dtype and branch.shape == residual.shape:
         return branch.add_(residual)
     return residual + branch
-
-
-__all__ = [
-    "BidirectionalHyenaOperator",
-    "HyenaBlock",
-    "ImplicitLongFilter",
-    "bidirectional_fft_conv",
-    "depthwise_short_conv",
-    "direct_conv_reference",
-    "fast_fft_size",
-    "fft_conv_with_spectrum",
-    "filter_spectrum",
-    "long_convolution",
-    "pad_filters",
-]

@@ -1,0 +1,307 @@
+"""Cell-type classification: labels, fine-tuning and prediction (mixin of :class:`SCHyena`)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+
+from ._checkpoint import RestoreBestWeights
+from ._training import DEFAULT_BATCH_SIZE
+from ._training_plan import is_distributed
+
+#: Optimiser steps the default ``train_classifier`` aims at (see :func:`classifier_epochs`).
+CLASSIFIER_TARGET_STEPS = 300
+
+
+def classifier_epochs(
+    n_train_cells: int, batch_size: int, target_steps: int = CLASSIFIER_TARGET_STEPS
+) -> int:
+    """Epochs for about ``target_steps`` optimiser steps over ``n_train_cells``, within [2, 100].
+
+    A small labelled set needs many passes (a classifier on ~150 cells in minibatches of 16
+    makes 10 steps per epoch), a large one few; the cost of the default fine-tuning stays near
+    ``target_steps`` minibatches whatever the data size, like scvi-tools' epoch heuristic.
+    """
+    steps_per_epoch = max(math.ceil(n_train_cells / batch_size), 1)
+    return int(min(max(math.ceil(target_steps / steps_per_epoch), 2), 100))
+
+
+class ClassificationMixin:
+    """``train_classifier`` and ``predict`` for :class:`~schyena_tools.SCHyena`.
+
+    Fine-tuning reuses the generic training phase with the ``"classify"`` objective
+    (cross-entropy of the classification head); prediction reads the head in the model's one
+    inference loop.
+    """
+
+    # ------------------------------------------------------------------ labels
+    def _labels_setup(self) -> tuple[str | None, str]:
+        """``(labels_key, unlabeled_category)`` registered by ``setup_anndata``."""
+        args = self.adata_manager.registry.get("setup_args", {})
+        return args.get("labels_key"), args.get("unlabeled_category", "Unknown")
+
+    def _label_classes(self) -> list[str]:
+        """Cell-type classes of the classifier, in head order; empty without ``labels_key``.
+
+        scvi-tools' labels-with-unlabelled field puts the unlabeled category last; the head
+        predicts every other category.
+        """
+        labels_key, unlabeled = self._labels_setup()
+        if labels_key is None:
+            return []
+        mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY).categorical_mapping
+        return [str(c) for c in mapping if str(c) != str(unlabeled)]
+
+    def _n_classifier_labels(self) -> int:
+        """Size of the classification head (0 when no ``labels_key`` was registered)."""
+        return len(self._label_classes())
+
+    def _check_classifier_labels(self) -> np.ndarray:
+        """Indices of labelled cells; clear errors when classification cannot be trained."""
+        labels_key, unlabeled = self._labels_setup()
+        if labels_key is None:
+            raise ValueError(
+                "train_classifier needs cell-type labels: register them with "
+                "SCHyena.setup_anndata(adata, labels_key='<obs column>') before creating the model."
+            )
+        if self.module.classifier is None:
+            raise ValueError(
+                f"adata.obs[{labels_key!r}] holds no category other than the unlabeled category "
+                f"{unlabeled!r}; label at least two cell types to train a classifier."
+            )
+        codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
+        codes = np.asarray(codes).reshape(-1)
+        labelled = np.flatnonzero(codes < self.module.n_labels)
+        if labelled.size == 0:
+            raise ValueError(
+                f"every cell of adata.obs[{labels_key!r}] is the unlabeled category {unlabeled!r}; "
+                "label at least two cell types to train a classifier."
+            )
+        present = np.unique(codes[labelled])
+        if present.size < 2:
+            raise ValueError(
+                f"adata.obs[{labels_key!r}] has a single labelled class "
+                f"({self._label_classes()[int(present[0])]!r}); a classifier needs at least two."
+            )
+        return labelled
+
+    # ------------------------------------------------------------------ training
+    def train_classifier(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        head_lr_factor: float = 10.0,
+        warmup_fraction: float = 0.1,
+        freeze_encoder: bool = False,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float = 0.9,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 10,
+        restore_best: bool = True,
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Fine-tune for cell-type classification on the registered ``labels_key``.
+
+        A head on the encoder (:class:`~schyena_tools.nn.CellTypeClassifier`) is trained with
+        cross-entropy together with the encoder (or alone, ``freeze_encoder=True``). Cells whose
+        label is the ``unlabeled_category`` of :meth:`setup_anndata` are left out: they are
+        neither trained on nor validated on. ``model.history`` then holds ``train_loss``,
+        ``accuracy_train``, ``validation_loss`` and ``accuracy_validation`` per epoch (this phase
+        alone also in ``model.phase_history_["classify"]``).
+
+        The default recipe is made for small labelled sets (tens to a few hundred cells per
+        data set): a number of epochs chosen from the data size (about
+        ``CLASSIFIER_TARGET_STEPS`` optimiser steps), a learning-rate warm-up then a cosine
+        decay, a head that learns faster than the pre-trained encoder, early stopping on the
+        validation cells with the weights of the best validation epoch restored, and a warning
+        if the classifier predicts one class for every validation cell.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the labelled training cells. ``None``: enough for about
+            ``CLASSIFIER_TARGET_STEPS`` optimiser steps, between 2 and 100 epochs (30 epochs
+            for 150 cells in minibatches of 16, 2 for 3,000 cells).
+        batch_size
+            Cells per minibatch (default 16).
+        lr, weight_decay
+            AdamW learning rate of the encoder, and weight decay.
+        head_lr_factor
+            Learning rate of the classification head as a multiple of ``lr``.
+        warmup_fraction
+            Fraction of the steps over which the learning rate rises to its full value; a
+            cosine decay to 0 follows.
+        freeze_encoder
+            Train the head only; the encoder (pre-trained weights) stays fixed. Cheaper in
+            memory, usually less accurate.
+        accelerator, devices
+            Where to train, as in Lightning.
+        train_size
+            Fraction of the labelled cells trained on; the rest (drawn at random with
+            scvi-tools' seed) is the validation set. ``1.0`` trains on all of them (then there
+            is no early stopping and no restoring of the best epoch).
+        early_stopping
+            Stop when ``validation_loss`` has not improved for ``early_stopping_patience``
+            epochs.
+        early_stopping_patience
+            Epochs without improvement before stopping.
+        restore_best
+            End with the weights of the epoch with the lowest ``validation_loss``.
+        plan_kwargs
+            Extra arguments of :class:`~schyena_tools.model.SCHyenaTrainingPlan`.
+        datasplitter_kwargs
+            Extra arguments of :class:`scvi.dataloaders.DataSplitter`.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer`.
+
+        """
+        labelled = self._check_classifier_labels()
+        if not 0.0 < train_size <= 1.0:
+            raise ValueError(f"train_size must be in (0, 1], got {train_size}")
+        # Explicit split of the labelled cells; unlabelled ones go to the (unused) test set so
+        # that no step is spent on them.
+        from scvi import settings
+
+        rng = np.random.default_rng(settings.seed)
+        shuffled = rng.permutation(labelled)
+        n_train = len(shuffled) if train_size >= 1.0 else max(1, int(round(train_size * len(shuffled))))
+        train_idx, val_idx = np.sort(shuffled[:n_train]), np.sort(shuffled[n_train:])
+        unlabelled = np.setdiff1d(np.arange(self.adata.n_obs), labelled)
+        splitter_kwargs = {
+            "external_indexing": [train_idx, val_idx, unlabelled],
+            **(datasplitter_kwargs or {}),
+        }
+        if max_epochs is None:
+            max_epochs = classifier_epochs(len(train_idx), batch_size or DEFAULT_BATCH_SIZE)
+        validated = val_idx.size > 0
+        best = None
+        if validated and restore_best and not is_distributed(trainer_kwargs.get("strategy")):
+            best = RestoreBestWeights("validation_loss")
+            trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), best]
+        if validated and early_stopping:
+            trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+            trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        plan = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "head_lr_factor": head_lr_factor,
+            "warmup_fraction": warmup_fraction,
+            "cosine_decay": True,
+            **(plan_kwargs or {}),
+        }
+
+        frozen = []
+        if freeze_encoder:
+            for parameter in self.module.encoder.parameters():
+                if parameter.requires_grad:
+                    parameter.requires_grad_(False)
+                    frozen.append(parameter)
+        try:
+            result = self._train_phase(
+                "classify",
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size if validated else 1.0,
+                validation_size=None,
+                early_stopping=early_stopping and validated,
+                plan_kwargs=plan,
+                datasplitter_kwargs=splitter_kwargs,
+                **trainer_kwargs,
+            )
+        finally:
+            for parameter in frozen:
+                parameter.requires_grad_(True)
+        self.is_classifier_trained_ = True
+        self.classifier_best_epoch_ = None if best is None else best.best_epoch
+        self._warn_if_collapsed(
+            val_idx if validated else train_idx, "validation" if validated else "training", max_epochs
+        )
+        return result
+
+    def _warn_if_collapsed(self, cells: np.ndarray, which: str, max_epochs: int) -> None:
+        """Warn when the classifier predicts one class for every one of ``cells`` (of several)."""
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
+        if np.unique(codes[cells]).size < 2:
+            return
+        predicted = np.unique(self.predict(indices=cells))
+        if predicted.size == 1:
+            warnings.warn(
+                f"the classifier predicts {str(predicted[0])!r} for every one of the {cells.size} "
+                f"{which} cells although they hold "
+                f"{np.unique(codes[cells]).size} classes: it has not learned yet. Train longer "
+                f"(max_epochs > {max_epochs}), label more cells per class, or lower lr.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        soft: bool = False,
+        batch_size: int | None = None,
+        return_confidence: bool = False,
+    ) -> np.ndarray | pd.DataFrame | tuple[np.ndarray, np.ndarray]:
+        """Predict cell types with the classification head (see :meth:`train_classifier`).
+
+        Parameters
+        ----------
+        adata
+            AnnData with the genes of the registered one; defaults to it.
+        indices
+            Cells to predict; defaults to all.
+        soft
+            Return class probabilities (softmax) instead of labels.
+        batch_size
+            Cells per chunk (default 16).
+        return_confidence
+            With hard labels, also return each cell's confidence: the largest class probability.
+
+        Returns
+        -------
+        ``soft=False``: array of label strings, one per cell (and, with ``return_confidence``,
+        a float array of confidences). ``soft=True``: DataFrame cells x classes of
+        probabilities (rows sum to 1), indexed by ``obs_names``.
+        Nothing is written into ``adata``; the documented place to store the results is::
+
+            labels, confidence = model.predict(return_confidence=True)
+            adata.obs["schyena_prediction"] = labels
+            adata.obs["schyena_confidence"] = confidence
+
+        """
+        classes = self._label_classes()
+        if self.module.classifier is None or not classes:
+            raise ValueError(
+                "this model has no classification head: register labels with "
+                "SCHyena.setup_anndata(adata, labels_key=...) and call model.train_classifier()."
+            )
+        if not getattr(self, "is_classifier_trained_", False):
+            raise RuntimeError("the classification head is untrained; call model.train_classifier() first.")
+        target = self._validate_anndata(adata)
+        chunks = [
+            torch.softmax(out["logits"].float(), dim=1).cpu().numpy()
+            for _, out in self._inference_batches(target, indices, batch_size)
+        ]
+        probabilities = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(classes)))
+        if soft:
+            names = target.obs_names if indices is None else target.obs_names[np.asarray(indices)]
+            return pd.DataFrame(probabilities, index=names, columns=classes)
+        labels = np.asarray(classes, dtype=object)[probabilities.argmax(1)]
+        if return_confidence:
+            return labels, probabilities.max(1)
+        return labels

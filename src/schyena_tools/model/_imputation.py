@@ -1,0 +1,168 @@
+"""Imputation: dropout-recovery fine-tuning and imputed expression (mixin of :class:`SCHyena`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from schyena_tools.module import log_normalize
+
+from ._vocabulary import output_columns
+
+
+class ImputationMixin:
+    """``train_imputer`` and ``get_imputed_expression`` for :class:`~schyena_tools.SCHyena`.
+
+    Fine-tuning reuses the generic training phase with the ``"impute"`` objective (simulated
+    dropout, see :meth:`schyena_tools.module.SCHyenaModule.imputation_loss`); imputation reads
+    the per-gene head in the model's one inference loop, with every zero shown as the mask token.
+    """
+
+    def train_imputer(
+        self,
+        max_epochs: int = 10,
+        batch_size: int | None = None,
+        dropout_ratio: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = 0.9,
+        early_stopping: bool = False,
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Fine-tune for dropout recovery (imputation).
+
+        Each step sets a random fraction ``dropout_ratio`` of every cell's non-zero counts to
+        zero (a simulated dropout; the library size shrinks accordingly), shows the network
+        every zero as the mask token, and scores the per-gene predictions on the log-normalised
+        scale: on the dropped entries (target: their hidden value), on the genes that really
+        read zero (target: 0) and on the visible values (target: the value), each group averaged
+        separately (``dropout_mse``, ``zero_mse``, ``observed_mse`` in ``model.history``).
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells.
+        batch_size
+            Cells per minibatch (default 16).
+        dropout_ratio
+            Fraction of each cell's non-zero counts hidden per step.
+        lr, weight_decay
+            AdamW learning rate and weight decay.
+        accelerator, devices
+            Where to train, as in Lightning.
+        train_size
+            Fraction of cells trained on; the rest is the validation set.
+        early_stopping
+            Stop when ``validation_loss`` stops improving.
+        plan_kwargs, datasplitter_kwargs, **trainer_kwargs
+            As in :meth:`train`.
+
+        """
+        if not 0.0 < dropout_ratio < 1.0:
+            raise ValueError(f"dropout_ratio must be between 0 and 1 (exclusive), got {dropout_ratio}")
+        result = self._train_phase(
+            "impute",
+            inference_kwargs={"dropout_ratio": dropout_ratio},
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=None,
+            early_stopping=early_stopping,
+            plan_kwargs={"lr": lr, "weight_decay": weight_decay, **(plan_kwargs or {})},
+            datasplitter_kwargs=datasplitter_kwargs,
+            **trainer_kwargs,
+        )
+        self.is_imputer_trained_ = True
+        return result
+
+    def get_imputed_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        gene_list: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        keep_observed: bool = True,
+        count_scale: bool = False,
+        return_numpy: bool = False,
+        all_genes: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Impute every gene of every cell (dropout recovery).
+
+        Every measured zero is shown to the network as the mask token and its value is
+        predicted from the rest of the cell (the per-gene head, clipped at 0). Works after
+        pre-training alone; :meth:`train_imputer` fine-tunes for it.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the genes of the registered one; defaults to it.
+        indices
+            Cells to impute; defaults to all.
+        gene_list
+            Genes (columns) to return, in this order; default: every gene of ``adata`` that is
+            in the model's vocabulary. An unknown name raises a ``ValueError`` naming it.
+        batch_size
+            Cells encoded at a time (default 16): memory stays bounded by the chunk, and the
+            result does not depend on it.
+        keep_observed
+            ``True`` (default): measured non-zero values are returned as they are and only zeros
+            are imputed. ``False``: every entry is replaced by the model's prediction (a
+            denoised matrix).
+        count_scale
+            Return counts instead of log-normalised values: ``expm1`` of the value times the
+            cell's library size (total counts of the registered data) over ``target_sum``.
+        return_numpy
+            Return a ``float32`` array instead of a DataFrame.
+        all_genes
+            One column per gene of ``adata``, in its order, whatever the model's vocabulary:
+            genes the vocabulary does not know cannot be imputed and hold their observed
+            log-normalised values (on the count scale with ``count_scale``). Genes that were
+            imputed are ``adata.var_names.isin(model.gene_vocabulary)``. Not with ``gene_list``.
+
+        Returns
+        -------
+        Cells x genes, log-normalised (``log1p(count / library * target_sum)``) unless
+        ``count_scale``. Nothing is written into ``adata``; the documented place to store it is
+        ``adata.layers["schyena_imputed"] = model.get_imputed_expression(return_numpy=True)``
+        (with the default ``gene_list``).
+
+        """
+        self._check_if_trained(warn=True)
+        target = self._validate_anndata(adata)
+        if all_genes and gene_list is not None:
+            raise ValueError("pass either gene_list or all_genes=True, not both.")
+        gene_index = None if self.module.gene_index is None else self.module.gene_index.cpu().numpy()
+        vocab_positions, names = output_columns(gene_index, self.gene_vocabulary, target.var_names, gene_list)
+        positions = torch.as_tensor(vocab_positions, dtype=torch.long)
+        data_columns = torch.as_tensor(target.var_names.get_indexer(names), dtype=torch.long)
+        if all_genes:
+            names = pd.Index(target.var_names)
+        chunks = []
+        for counts, out in self._inference_batches(target, indices, batch_size, mask_zeros=True):
+            prediction = out["predicted_expression"].float().clamp_min(0.0)
+            if keep_observed:
+                observed = out["values"]
+                prediction = torch.where(observed > 0, observed, prediction)
+            prediction = prediction[:, positions.to(prediction.device)]
+            if all_genes:
+                observed = log_normalize(counts.float(), self.module.target_sum).to(prediction.device)
+                prediction = observed.index_copy_(1, data_columns.to(prediction.device), prediction)
+            if count_scale:
+                library = counts.float().sum(dim=1, keepdim=True).to(prediction.device)
+                prediction = torch.expm1(prediction) * library / self.module.target_sum
+            chunks.append(prediction.cpu().numpy().astype(np.float32))
+        result = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(names)), np.float32)
+        if return_numpy:
+            return result
+        cells = target.obs_names if indices is None else target.obs_names[np.asarray(indices)]
+        return pd.DataFrame(result, index=cells, columns=names)

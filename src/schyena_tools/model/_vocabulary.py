@@ -1,0 +1,119 @@
+"""The gene vocabulary: which data column feeds which token, for any gene panel.
+
+A model's vocabulary is its ordered list of gene names, one token each. Data with another panel
+is read by name: :func:`match_genes_to_vocabulary` pairs names (exactly, optionally ignoring
+case), :func:`gene_index_for` turns a panel into the column of each vocabulary gene (what the
+module's ``gene_index`` holds), and :func:`output_columns` picks the genes a per-gene result
+(imputation) can be reported for. Plain pandas and numpy: no AnnData, no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def match_genes_to_vocabulary(
+    vocabulary: pd.Index, query_genes: pd.Index, case_insensitive: bool = False
+) -> pd.Series:
+    """Map each vocabulary gene to the query gene measuring it.
+
+    Exact matches first; with ``case_insensitive``, the vocabulary genes left over are then
+    matched ignoring case (``Gapdh`` to ``GAPDH``, e.g. mouse and human symbols).
+
+    Returns
+    -------
+    Series indexed by the vocabulary, holding the matched query gene name or ``None``.
+
+    """
+    if query_genes.has_duplicates:
+        duplicated = query_genes[query_genes.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"the query's var_names are not unique (e.g. {duplicated}); call adata.var_names_make_unique()."
+        )
+    matched = pd.Series([g if g in query_genes else None for g in vocabulary], index=vocabulary, dtype=object)
+    if case_insensitive:
+        used = set(matched.dropna())
+        by_lower: dict[str, list[str]] = {}
+        for gene in query_genes:
+            if gene not in used:
+                by_lower.setdefault(gene.lower(), []).append(gene)
+        for position, gene in enumerate(vocabulary):
+            if matched.iat[position] is not None:
+                continue
+            candidates = by_lower.get(gene.lower(), [])
+            if len(candidates) > 1:
+                raise ValueError(
+                    f"vocabulary gene {gene!r} matches several query genes ignoring case: {candidates}; "
+                    "make the query's gene names unique ignoring case, or use case_insensitive=False."
+                )
+            if candidates:
+                matched.iat[position] = candidates[0]
+                by_lower.pop(gene.lower())
+    return matched
+
+
+def gene_index_for(vocabulary: pd.Index, var_names: pd.Index) -> np.ndarray | None:
+    """Column of ``var_names`` holding each vocabulary gene, -1 where absent.
+
+    Returns ``None`` when the columns are exactly the vocabulary, in order (no reordering needed).
+    """
+    vocabulary = pd.Index(vocabulary, dtype=str)
+    var_names = pd.Index(var_names, dtype=str)
+    if len(var_names) == len(vocabulary) and (var_names == vocabulary).all():
+        return None
+    return var_names.get_indexer(vocabulary).astype(np.int64)
+
+
+def output_columns(
+    gene_index: np.ndarray | None,
+    vocabulary: pd.Index,
+    var_names: pd.Index,
+    gene_list: Sequence[str] | str | None = None,
+) -> tuple[np.ndarray, pd.Index]:
+    """Vocabulary positions and data names of the genes a per-gene output is reported for.
+
+    By default, the genes of the data that the vocabulary knows (all of them for a model trained
+    on this data), in data-column order; with ``gene_list``, those genes in that order (an
+    unknown name is an error naming it).
+
+    Parameters
+    ----------
+    gene_index
+        What :func:`gene_index_for` returned for this data.
+    vocabulary
+        The model's vocabulary.
+    var_names
+        The data's gene names.
+    gene_list
+        Genes to report, or ``None`` for all the vocabulary knows.
+
+    Returns
+    -------
+    ``(positions, names)``: position of each output gene in the vocabulary, and its data name.
+
+    """
+    var_names = pd.Index(var_names, dtype=str)
+    if gene_index is None:
+        vocab_positions = np.arange(len(vocabulary))
+        names = var_names
+    else:
+        index = np.asarray(gene_index)
+        measured = np.flatnonzero(index >= 0)
+        vocab_positions = measured[np.argsort(index[measured])]  # data-column order
+        names = pd.Index(var_names[index[vocab_positions]])
+    if gene_list is None:
+        return vocab_positions, names
+    gene_list = [gene_list] if isinstance(gene_list, str) else list(gene_list)
+    lookup = names.get_indexer(gene_list)
+    unknown = [g for g, i in zip(gene_list, lookup, strict=True) if i < 0]
+    if unknown:
+        shown = ", ".join(repr(g) for g in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ValueError(
+            f"gene_list names genes the model cannot impute for this data: {shown}{more}. "
+            "Use names from adata.var_names that are in model.gene_vocabulary."
+        )
+    return vocab_positions[lookup], names[lookup]
