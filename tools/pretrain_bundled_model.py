@@ -33,7 +33,7 @@ import scvi
 import torch
 
 import schyena_tools as st
-from schyena_tools._demo import embedding_label_agreement
+from schyena_tools.demo import embedding_label_agreement
 
 DEFAULT_OUT = (
     Path(__file__).resolve().parents[1] / "src" / "schyena_tools" / "pretrained" / "_files" / "zeisel_brain"

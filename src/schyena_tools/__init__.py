@@ -2,9 +2,9 @@
 
 from importlib.metadata import version as _version
 
-from . import datasets, nn, pl, pretrained, validation
+from . import datasets, demo, nn, pl, pretrained, validation
 from .model import SCHyena
 
 __version__ = _version("schyena-tools")
 
-__all__ = ["SCHyena", "datasets", "nn", "pl", "pretrained", "validation", "__version__"]
+__all__ = ["SCHyena", "datasets", "demo", "nn", "pl", "pretrained", "validation", "__version__"]

@@ -169,7 +169,7 @@ def _run_on_file(
 
 # ---------------------------------------------------------------------- commands
 def _demo(args: argparse.Namespace) -> None:
-    from schyena_tools._demo import run_demo
+    from schyena_tools.demo import run_demo
 
     run_demo(
         out_dir=args.out,
@@ -298,7 +298,7 @@ def _add_io(parser: argparse.ArgumentParser, model: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from schyena_tools._demo import DEMO_SETTINGS
+    from schyena_tools.demo import DEMO_SETTINGS
 
     parser = argparse.ArgumentParser(
         prog="schyena-tools",
