@@ -67,7 +67,7 @@ MODES = {
         full_length_folds=1,
         pretrain_epochs=2,
         finetune_epochs=2,
-        small_finetune_epochs=5,
+        small_finetune_epochs=None,  # train_classifier's default recipe
         imputer_epochs=1,
         imputation_cells=1000,
         scvi_epochs=20,
@@ -93,6 +93,8 @@ MODES = {
 }
 
 #: scHyena network for every run (fixed in advance; the paper's model is larger).
+#: Stem of the output files in docs/benchmarks/ (``--tag`` adds to it, for partial runs).
+OUTPUT = "downstream"
 ARCH = dict(d_model=32, n_layers=2, filter_hidden_dim=16, mlp_ratio=2)
 N_HVG = 2000
 SEED = 0
@@ -167,9 +169,12 @@ def schyena_classify(adata, labels, train, test, epochs, reference=None, case_in
             model = st.SCHyena.load_query_data(fold, reference, case_insensitive=case_insensitive)
         else:
             model = st.SCHyena(fold, **ARCH, gene_vocabulary=reference)
-    model.train_classifier(
-        max_epochs=epochs, batch_size=BATCH_SIZE, train_size=1.0, enable_progress_bar=False
-    )
+    if epochs is None:  # the default recipe of train_classifier, as a user gets it
+        model.train_classifier(batch_size=BATCH_SIZE, enable_progress_bar=False)
+    else:
+        model.train_classifier(
+            max_epochs=epochs, batch_size=BATCH_SIZE, train_size=1.0, enable_progress_bar=False
+        )
     return np.asarray(model.predict(indices=test, batch_size=64)).astype(str)
 
 
@@ -215,7 +220,7 @@ def run(settings: dict, mode: str):
     import schyena_tools as st
 
     DOCS.mkdir(parents=True, exist_ok=True)
-    results = Results(DOCS / "downstream_results.csv")
+    results = Results(DOCS / f"{OUTPUT}_results.csv")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -493,7 +498,7 @@ def write_report(results, settings, mode, timings, confusion_truth, confusion_pr
     summary = folds_table.groupby(keys, sort=False)[metrics].agg(["mean", "std", "count"])
     summary.columns = [f"{m}_{s}" for m, s in summary.columns]
     summary = summary.reset_index()
-    summary.to_csv(DOCS / "downstream_results.csv", index=False)
+    summary.to_csv(DOCS / f"{OUTPUT}_results.csv", index=False)
 
     def cell(row, metric):
         mean = row.get(f"{metric}_mean")
@@ -516,8 +521,8 @@ def write_report(results, settings, mode, timings, confusion_truth, confusion_pr
             f"{int(row['seconds_count'])} | {cell(row, 'accuracy')} | {cell(row, 'macro_f1')} | "
             f"{cell(row, 'pearson_r')} | {cell(row, 'mse')} | {row['seconds_mean']:.0f} |"
         )
-    (DOCS / "downstream_table.md").write_text("\n".join(lines) + "\n")
-    (DOCS / "downstream_run.json").write_text(
+    (DOCS / f"{OUTPUT}_table.md").write_text("\n".join(lines) + "\n")
+    (DOCS / f"{OUTPUT}_run.json").write_text(
         json.dumps({"mode": mode, "settings": settings, "arch": ARCH, "stage_start_s": timings}, indent=1)
     )
 
@@ -526,7 +531,7 @@ def write_report(results, settings, mode, timings, confusion_truth, confusion_pr
         st.pl.confusion_matrix(confusion_truth, confusion_pred, ax=ax)
         ax.set_title("scHyena (pre-trained), Zeisel level1class, held-out folds")
         fig.tight_layout()
-        fig.savefig(DOCS / "downstream_confusion.png", dpi=120)
+        fig.savefig(DOCS / f"{OUTPUT}_confusion.png", dpi=120)
         plt.close(fig)
     chosen = [
         n
@@ -541,9 +546,9 @@ def write_report(results, settings, mode, timings, confusion_truth, confusion_pr
             ax.set_xlabel("true (hidden) log-normalised value")
             ax.set_ylabel("imputed")
         fig.tight_layout()
-        fig.savefig(DOCS / "downstream_imputation.png", dpi=120)
+        fig.savefig(DOCS / f"{OUTPUT}_imputation.png", dpi=120)
         plt.close(fig)
-    log.info("wrote %s", DOCS / "downstream_table.md")
+    log.info("wrote %s", DOCS / f"{OUTPUT}_table.md")
 
 
 def main():
@@ -561,7 +566,15 @@ def main():
         default="zeisel3005,zeisel550,transfer,imputation",
         help="comma-separated subset of the stages to run (pre-training on Zeisel 3005 always runs)",
     )
+    parser.add_argument(
+        "--tag",
+        default=None,
+        help="write docs/benchmarks/downstream_TAG_* instead of the main table (for partial runs)",
+    )
     args = parser.parse_args()
+    global OUTPUT
+    if args.tag:
+        OUTPUT = f"downstream_{args.tag}"
     mode = "quick" if args.quick else "full" if args.full else "default"
     settings = dict(MODES[mode], stages=args.stages.split(","))
 

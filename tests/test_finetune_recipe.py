@@ -53,7 +53,9 @@ def test_best_validation_epoch_is_restored_and_head_learns_faster(zeisel_small):
     model = st.SCHyena(zeisel_small, **TINY)
     record = _RecordValidation()
     # lr 3e-2 makes the validation loss go up and down, so the last epoch is rarely the best
-    model.train_classifier(max_epochs=6, lr=3e-2, early_stopping=False, callbacks=[record], **QUIET)
+    model.train_classifier(
+        max_epochs=6, lr=3e-2, train_size=0.9, restore_best=True, callbacks=[record], **QUIET
+    )
     best = int(np.argmin(record.losses))
     assert model.classifier_best_epoch_ == best
     for name, value in model.module.state_dict().items():
@@ -72,9 +74,7 @@ def test_without_restore_the_last_epoch_is_kept(zeisel_small):
     st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
     model = st.SCHyena(zeisel_small, **TINY)
     record = _RecordValidation()
-    model.train_classifier(
-        max_epochs=3, restore_best=False, early_stopping=False, callbacks=[record], **QUIET
-    )
+    model.train_classifier(max_epochs=3, train_size=0.9, callbacks=[record], **QUIET)
     assert model.classifier_best_epoch_ is None
     for name, value in model.module.state_dict().items():
         torch.testing.assert_close(value, record.states[-1][name], rtol=0, atol=0, msg=name)
@@ -83,7 +83,9 @@ def test_without_restore_the_last_epoch_is_kept(zeisel_small):
 def test_early_stopping_stops_when_validation_stops_improving(zeisel_small):
     st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
     model = st.SCHyena(zeisel_small, **TINY)
-    model.train_classifier(max_epochs=15, lr=3e-2, early_stopping_patience=2, **QUIET)
+    model.train_classifier(
+        max_epochs=15, lr=3e-2, train_size=0.9, early_stopping=True, early_stopping_patience=2, **QUIET
+    )
     epochs_run = len(model.phase_history_["classify"]["train_loss"])
     assert epochs_run < 15
 
@@ -95,9 +97,8 @@ def test_default_epochs_come_from_the_data_size(zeisel_small, monkeypatch):
     monkeypatch.setattr(classification, "classifier_epochs", lambda n, bs: classifier_epochs(n, bs, 12))
     st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
     model = st.SCHyena(zeisel_small, **TINY)
-    model.train_classifier(early_stopping=False, **QUIET)
-    n_train = round(0.9 * zeisel_small.n_obs)
-    assert len(model.phase_history_["classify"]["train_loss"]) == classifier_epochs(n_train, 16, 12) == 3
+    model.train_classifier(**QUIET)  # every labelled cell trained on: 70 cells x 16 = 5 steps/epoch
+    assert len(model.phase_history_["classify"]["train_loss"]) == classifier_epochs(70, 16, 12) == 3
 
 
 def test_a_collapsed_classifier_says_so(zeisel_small, monkeypatch):
@@ -109,10 +110,10 @@ def test_a_collapsed_classifier_says_so(zeisel_small, monkeypatch):
         "predict",
         lambda self, *a, indices=None, **k: np.array(["astrocytes_ependymal"] * len(indices)),
     )
-    with pytest.warns(
-        UserWarning, match="predicts 'astrocytes_ependymal' for every one of the 7 validation cells"
-    ):
+    with pytest.warns(UserWarning, match="predicts 'astrocytes_ependymal' for every one of the 70 training"):
         model.train_classifier(max_epochs=2, **QUIET)
+    with pytest.warns(UserWarning, match="for every one of the 7 validation cells"):
+        model.train_classifier(max_epochs=2, train_size=0.9, **QUIET)
     # ...and no warning when the predictions vary.
     monkeypatch.undo()
     model = st.SCHyena(zeisel_small, **TINY)
@@ -126,3 +127,40 @@ def test_a_collapsed_classifier_says_so(zeisel_small, monkeypatch):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*predicts.*for every one")
         model.train_classifier(max_epochs=2, **QUIET)
+
+
+def test_augmentation_masks_in_training_steps_only():
+    from scvi import REGISTRY_KEYS
+
+    from schyena_tools.model import SCHyenaTrainingPlan
+    from schyena_tools.module import SCHyenaModule
+
+    module = SCHyenaModule(n_genes=40, n_labels=3, **TINY)
+    plan = SCHyenaTrainingPlan(
+        module, objective="classify", augment_kwargs={"mask_ratio": 0.5, "zero_mask_ratio": 0.05}
+    )
+    counts = torch.poisson(torch.full((6, 40), 2.0))
+    tensors = {REGISTRY_KEYS.X_KEY: counts, REGISTRY_KEYS.LABELS_KEY: torch.zeros(6, 1)}
+    module.train()
+    inference, _, _ = plan.forward(tensors, loss_kwargs=plan.loss_kwargs)
+    assert inference["masked"] is not None and inference["masked"].any()
+    module.eval()  # validation (and prediction) see every value
+    inference, _, _ = plan.forward(tensors, loss_kwargs=plan.loss_kwargs)
+    assert inference["masked"] is None
+
+
+def test_label_smoothing_reaches_the_cross_entropy():
+    from scvi import REGISTRY_KEYS
+
+    from schyena_tools.module import SCHyenaModule
+
+    module = SCHyenaModule(n_genes=40, n_labels=3, **TINY).eval()
+    counts = torch.poisson(torch.full((6, 40), 2.0))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2.0]).reshape(-1, 1)
+    tensors = {REGISTRY_KEYS.X_KEY: counts, REGISTRY_KEYS.LABELS_KEY: labels}
+    _, _, plain = module(tensors, loss_kwargs={"objective": "classify"})
+    _, _, smoothed = module(tensors, loss_kwargs={"objective": "classify", "label_smoothing": 0.2})
+    logits = module.inference(counts)["logits"]
+    expected = torch.nn.functional.cross_entropy(logits, labels.reshape(-1).long(), label_smoothing=0.2)
+    torch.testing.assert_close(smoothed.loss, expected)
+    assert not torch.allclose(plain.loss, smoothed.loss)

@@ -53,6 +53,10 @@ class SCHyenaTrainingPlan(TrainingPlan):
     inference_kwargs
         Passed to the module's ``inference`` at every training and validation step (e.g.
         ``{"mask_ratio": 0.15, "zero_mask_ratio": 0.015}`` for pre-training).
+    augment_kwargs
+        Passed to ``inference`` at training steps only, over ``inference_kwargs``: an
+        augmentation (e.g. random masking while fine-tuning a classifier) that validation and
+        prediction never see.
     warmup_fraction
         Fraction of the optimiser steps over which the learning rate rises linearly from ~0 to
         ``lr`` (0: no warm-up).
@@ -73,6 +77,7 @@ class SCHyenaTrainingPlan(TrainingPlan):
         *,
         objective: str,
         inference_kwargs: dict | None = None,
+        augment_kwargs: dict | None = None,
         warmup_fraction: float = 0.0,
         cosine_decay: bool = False,
         head_lr_factor: float = 1.0,
@@ -85,13 +90,15 @@ class SCHyenaTrainingPlan(TrainingPlan):
             raise ValueError(f"head_lr_factor must be positive, got {head_lr_factor}")
         self.objective = objective
         self.inference_kwargs = dict(inference_kwargs or {})
+        self.augment_kwargs = dict(augment_kwargs or {})
         self.warmup_fraction = warmup_fraction
         self.cosine_decay = cosine_decay
         self.head_lr_factor = head_lr_factor
 
     def forward(self, *args, **kwargs):
-        """The module's forward with this phase's masking."""
-        kwargs.setdefault("inference_kwargs", self.inference_kwargs)
+        """The module's forward with this phase's masking (and augmentation, in training)."""
+        augment = self.augment_kwargs if self.module.training else {}
+        kwargs.setdefault("inference_kwargs", {**self.inference_kwargs, **augment})
         return self.module(*args, **kwargs)
 
     def configure_optimizers(self):

@@ -234,13 +234,22 @@ class SCHyenaModule(BaseModuleClass):
         return {}
 
     def loss(
-        self, tensors, inference_outputs, generative_outputs, objective: str = "pretrain", **kwargs
+        self,
+        tensors,
+        inference_outputs,
+        generative_outputs,
+        objective: str = "pretrain",
+        label_smoothing: float = 0.0,
+        **kwargs,
     ) -> LossOutput:
-        """Loss of the training ``objective``: ``"pretrain"``, ``"classify"`` or ``"impute"``."""
+        """Loss of the training ``objective``: ``"pretrain"``, ``"classify"`` or ``"impute"``.
+
+        ``label_smoothing`` applies to ``"classify"`` (see :func:`torch.nn.functional.cross_entropy`).
+        """
         if objective == "pretrain":
             return self.masked_expression_loss(inference_outputs)
         if objective == "classify":
-            return self.classification_loss(tensors, inference_outputs)
+            return self.classification_loss(tensors, inference_outputs, label_smoothing)
         if objective == "impute":
             return self.imputation_loss(inference_outputs)
         raise ValueError(f"unknown training objective {objective!r}; expected one of {OBJECTIVES}")
@@ -279,7 +288,9 @@ class SCHyenaModule(BaseModuleClass):
             },
         )
 
-    def classification_loss(self, tensors: dict, inference_outputs: dict) -> LossOutput:
+    def classification_loss(
+        self, tensors: dict, inference_outputs: dict, label_smoothing: float = 0.0
+    ) -> LossOutput:
         """Cross-entropy of the classification head; unlabelled cells are left out.
 
         scvi-tools' labels-with-unlabelled field codes the unlabeled category as the last index,
@@ -293,7 +304,9 @@ class SCHyenaModule(BaseModuleClass):
         labelled = labels < self.n_labels
         targets = labels.masked_fill(~labelled, IGNORE_LABEL)
         if labelled.any():
-            per_cell = F.cross_entropy(logits, targets, ignore_index=IGNORE_LABEL, reduction="none")
+            per_cell = F.cross_entropy(
+                logits, targets, ignore_index=IGNORE_LABEL, reduction="none", label_smoothing=label_smoothing
+            )
             loss = per_cell.sum() / labelled.sum()
             accuracy = (logits.argmax(1)[labelled] == labels[labelled]).float().mean()
         else:
