@@ -150,6 +150,18 @@ def schyena_pretrain(adata: ad.AnnData, epochs: int):
     return model
 
 
+def labelled_fold(adata, labels, train):
+    """A copy of ``adata`` registered with the ``train`` cells labelled, every other "Unknown"."""
+    import schyena_tools as st
+
+    fold = adata.copy()
+    fold_labels = np.full(fold.n_obs, "Unknown", dtype=object)
+    fold_labels[train] = labels[train]
+    fold.obs["bench_label"] = pd.Categorical(fold_labels)
+    st.SCHyena.setup_anndata(fold, labels_key="bench_label")
+    return fold
+
+
 def schyena_classify(adata, labels, train, test, epochs, reference=None, case_insensitive=False):
     """Fine-tune on the training fold (held-out cells unlabelled) and predict the held-out cells.
 
@@ -158,11 +170,7 @@ def schyena_classify(adata, labels, train, test, epochs, reference=None, case_in
     """
     import schyena_tools as st
 
-    fold = adata.copy()
-    fold_labels = np.full(fold.n_obs, "Unknown", dtype=object)
-    fold_labels[train] = labels[train]
-    fold.obs["bench_label"] = pd.Categorical(fold_labels)
-    st.SCHyena.setup_anndata(fold, labels_key="bench_label")
+    fold = labelled_fold(adata, labels, train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         if isinstance(reference, st.SCHyena):
