@@ -8,6 +8,12 @@ import schyena_tools as st
 from ._helpers import SMALL, TINY, subsample
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    scvi.settings.seed = 0
+    yield
+
+
 @pytest.fixture(scope="session")
 def _zeisel_small():
     return subsample(st.datasets.zeisel_brain(), 70, n_genes=600)
