@@ -104,11 +104,16 @@ def test_default_epochs_come_from_the_data_size(zeisel_small, monkeypatch):
 def test_a_collapsed_classifier_says_so(zeisel_small, monkeypatch):
     st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
     model = st.SCHyena(zeisel_small, **TINY)
-    # Whatever it learned, pretend it predicts one class for every cell...
+    classes = model._label_classes()
+
+    def one_hot(labels):
+        return np.eye(len(classes))[[classes.index(label) for label in labels]]
+
+    # Whatever it learned, pretend its head predicts one class for every cell...
     monkeypatch.setattr(
         type(model),
-        "predict",
-        lambda self, *a, indices=None, **k: np.array(["astrocytes_ependymal"] * len(indices)),
+        "_class_probabilities",
+        lambda self, adata, cells, batch_size: one_hot(["astrocytes_ependymal"] * len(cells)),
     )
     with pytest.warns(UserWarning, match="predicts 'astrocytes_ependymal' for every one of the 70 training"):
         model.train_classifier(max_epochs=2, **QUIET)
@@ -119,8 +124,8 @@ def test_a_collapsed_classifier_says_so(zeisel_small, monkeypatch):
     model = st.SCHyena(zeisel_small, **TINY)
     monkeypatch.setattr(
         type(model),
-        "predict",
-        lambda self, *a, indices=None, **k: zeisel_small.obs["cell_type"].to_numpy()[indices],
+        "_class_probabilities",
+        lambda self, adata, cells, batch_size: one_hot(zeisel_small.obs["cell_type"].to_numpy()[cells]),
     )
     import warnings
 

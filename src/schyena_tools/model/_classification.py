@@ -260,7 +260,9 @@ class ClassificationMixin:
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
         if np.unique(codes[cells]).size < 2:
             return
-        predicted = np.unique(self.predict(indices=cells))
+        # The registered data was validated when this phase started: no second pass over it.
+        probabilities = self._class_probabilities(self.adata, cells, None)
+        predicted = np.unique(np.asarray(self._label_classes(), dtype=object)[probabilities.argmax(1)])
         if predicted.size == 1:
             warnings.warn(
                 f"the classifier predicts {str(predicted[0])!r} for every one of the {cells.size} "
@@ -272,6 +274,14 @@ class ClassificationMixin:
             )
 
     # ------------------------------------------------------------------ prediction
+    def _class_probabilities(self, adata: AnnData, indices, batch_size: int | None) -> np.ndarray:
+        """Softmax of the classification head for validated ``adata``, ``(cells, classes)``."""
+        chunks = [
+            torch.softmax(out["logits"].float(), dim=1).cpu().numpy()
+            for _, out in self._inference_batches(adata, indices, batch_size)
+        ]
+        return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(self._label_classes())))
+
     def predict(
         self,
         adata: AnnData | None = None,
@@ -316,11 +326,7 @@ class ClassificationMixin:
         if not getattr(self, "is_classifier_trained_", False):
             raise RuntimeError("the classification head is untrained; call model.train_classifier() first.")
         target = self._validate_anndata(adata)
-        chunks = [
-            torch.softmax(out["logits"].float(), dim=1).cpu().numpy()
-            for _, out in self._inference_batches(target, indices, batch_size)
-        ]
-        probabilities = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(classes)))
+        probabilities = self._class_probabilities(target, indices, batch_size)
         if soft:
             names = target.obs_names if indices is None else target.obs_names[np.asarray(indices)]
             return pd.DataFrame(probabilities, index=names, columns=classes)

@@ -261,7 +261,7 @@ class SCHyenaModule(BaseModuleClass):
         The sum of two mean squared errors: the per-gene head on the masked entries (the
         paper's objective), and the cell-embedding head on every measured gene (so that the
         cell embedding summarises the whole cell; see
-        :class:`~schyena_tools.nn.heads.CellExpressionHead`). Both are logged separately as
+        :class:`~schyena_tools.nn.CellExpressionHead`). Both are logged separately as
         ``masked_mse`` and ``cell_mse``.
         """
         masked = inference_outputs["masked"]

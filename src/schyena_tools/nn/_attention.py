@@ -1,7 +1,7 @@
 """Exact multi-head softmax attention as a drop-in mixer: the quadratic baseline for scHyena.
 
 :class:`BidirectionalAttentionMixer` has the interface of
-:class:`~schyena_tools.nn.hyena.BidirectionalHyenaOperator` (``(batch, L, d_model)`` in and out),
+:class:`~schyena_tools.nn.BidirectionalHyenaOperator` (``(batch, L, d_model)`` in and out),
 so ``SCHyenaEncoder(..., mixer="attention")`` is the same encoder with every Hyena operator
 replaced by full, non-causal attention over all genes. It exists to measure what the Hyena
 operator buys at full length (``benchmarks/speed.py``); its cost grows as ``L^2`` in time, and in
