@@ -13,6 +13,7 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
 from ._checkpoint import RestoreBestWeights
+from ._linear_readout import fit_linear_readout, probe_cells
 from ._training import DEFAULT_BATCH_SIZE
 from ._training_plan import is_distributed
 
@@ -104,6 +105,8 @@ class ClassificationMixin:
         mask_ratio: float = 0.0,
         label_smoothing: float = 0.0,
         freeze_encoder: bool = False,
+        linear_probe: bool = True,
+        probe_penalty: float = 1.0,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float = 1.0,
@@ -160,6 +163,13 @@ class ClassificationMixin:
         freeze_encoder
             Train the head only; the encoder (pre-trained weights) stays fixed. Cheaper in
             memory, usually less accurate.
+        linear_probe
+            Before fine-tuning, fit the head's linear readout of the standardised cell
+            embedding and gene expression to convergence on the frozen encoder's features
+            of the training cells (a logistic regression; at most 5,000 cells drawn at
+            random). With ``max_epochs=0`` the probe is the whole training.
+        probe_penalty
+            L2 penalty of the linear probe (scikit-learn's ``1 / C``).
         accelerator, devices
             Where to train, as in Lightning.
         train_size
@@ -183,6 +193,12 @@ class ClassificationMixin:
 
         """
         labelled = self._check_classifier_labels()
+        if max_epochs is not None and (int(max_epochs) != max_epochs or max_epochs < 0):
+            raise ValueError(f"max_epochs must be a non-negative integer or None, got {max_epochs!r}")
+        if max_epochs == 0 and not linear_probe:
+            raise ValueError("max_epochs=0 trains nothing without the linear probe; pass linear_probe=True.")
+        if linear_probe and not probe_penalty > 0:
+            raise ValueError(f"probe_penalty must be positive, got {probe_penalty!r}")
         if not 0.0 < train_size <= 1.0:
             raise ValueError(f"train_size must be in (0, 1], got {train_size}")
         # Explicit split of the labelled cells; unlabelled ones go to the (unused) test set so
@@ -225,6 +241,13 @@ class ClassificationMixin:
             **(plan_kwargs or {}),
         }
 
+        if linear_probe:
+            self._fit_linear_probe(probe_cells(train_idx, settings.seed), batch_size, probe_penalty)
+        if max_epochs == 0:
+            self.is_classifier_trained_ = True
+            self.classifier_best_epoch_ = None
+            self._warn_if_collapsed(val_idx if validated else train_idx, "training", max_epochs)
+            return None
         frozen = []
         if freeze_encoder:
             for parameter in self.module.encoder.parameters():
@@ -254,6 +277,23 @@ class ClassificationMixin:
             val_idx if validated else train_idx, "validation" if validated else "training", max_epochs
         )
         return result
+
+    def _fit_linear_probe(self, cells: np.ndarray, batch_size: int | None, penalty: float) -> None:
+        """Fit the head's linear readout on the frozen encoder's features of ``cells``."""
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
+        embeddings, values, missing = [], [], None
+        for _, out in self._inference_batches(self.adata, cells, batch_size):
+            embeddings.append(out["cell_embedding"].float().cpu())
+            values.append(out["values"].float().cpu())
+            missing = out["missing"]
+        fit_linear_readout(
+            self.module.classifier,
+            torch.cat(embeddings),
+            torch.cat(values),
+            missing,
+            torch.as_tensor(codes[cells]),
+            penalty=penalty,
+        )
 
     def _warn_if_collapsed(self, cells: np.ndarray, which: str, max_epochs: int) -> None:
         """Warn when the classifier predicts one class for every one of ``cells`` (of several)."""

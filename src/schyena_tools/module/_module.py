@@ -223,7 +223,9 @@ class SCHyenaModule(BaseModuleClass):
             result["dropped"] = dropped_aligned > 0
             result["dropout_targets"] = targets_aligned
         if self.classifier is not None:
-            result["logits"] = self.classifier(out.cell_embedding, out.hidden, missing)
+            # The expression path reads what the encoder read: masked values count as unseen.
+            unseen = missing if masked is None else (masked if missing is None else masked | missing)
+            result["logits"] = self.classifier(out.cell_embedding, out.hidden, values, unseen)
         return result
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:

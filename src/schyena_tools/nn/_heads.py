@@ -71,15 +71,29 @@ class CellExpressionHead(nn.Module):
 
 
 class CellTypeClassifier(nn.Module):
-    """Cell-type logits from the encoder output: the cell embedding plus a gene-wise readout.
+    """Cell-type logits from the encoder: a linear readout of the cell, its genes and their states.
 
-    ``logits = W_cell LayerNorm(cell_embedding) + W_genes [u . h_g]_g + b``: a linear layer on
-    the cell embedding, and a linear layer over one learned scalar per gene token (``u . h_g``,
-    the final state of gene ``g`` projected on ``u``; zero for missing genes). The mean-pooled
-    embedding alone is a ``d_model``-dimensional summary of thousands of genes; fine-grained
-    types (tens of subclasses) hinge on a handful of marker genes, and the gene-wise readout
-    lets the head weigh each gene's contextualised state directly, as a logistic regression on
-    genes would, while the encoder supplies the context. ``O(genes x classes)`` parameters.
+    ``logits = W_cell z(LayerNorm(e)) + W_expr z(x) + W_genes [u . h_g]_g + b``, three linear
+    paths into the same logits:
+
+    - the **cell embedding** ``e`` (``d_model`` numbers);
+    - the **expression** ``x`` the encoder read, gene by gene (log-normalised, vocabulary
+      order; missing genes read as the mean). This is the path a logistic regression on genes
+      takes; fine cell types hinge on a handful of marker genes, which a ``d_model``-wide
+      summary of 20,000 genes blurs;
+    - the **gene states** ``h_g``: one learned scalar per gene token (``u . h_g``, the final
+      state of gene ``g`` projected on ``u``; zero for missing genes), the contextualised
+      version of the expression path.
+
+    ``z(.)`` standardises each input dimension with a mean and scale held as buffers (identity
+    until :meth:`set_standardization` fills them from the training cells, as ``sc.pp.scale``
+    does before a logistic regression; clipped at ``clip`` standard deviations).
+    :func:`~schyena_tools.model.fit_linear_readout` fits ``W_cell``, ``W_expr`` and ``b`` to
+    convergence on frozen features, the linear probe that ``train_classifier`` starts from.
+    ``O(genes x classes)`` parameters.
+
+    Heads saved before the expression path existed (version 1) load with it at zero and the
+    standardisation at identity, which computes exactly what they computed.
 
     Parameters
     ----------
@@ -90,29 +104,95 @@ class CellTypeClassifier(nn.Module):
     n_labels
         Number of classes.
     dropout
-        Dropout on both inputs of the head.
+        Dropout on the inputs of the head (in training only).
+    clip
+        Standardised inputs are clipped to ``[-clip, clip]``.
 
     """
 
-    def __init__(self, d_model: int, n_genes: int, n_labels: int, dropout: float = 0.1):
+    #: State-dict version (1: no expression path, no standardisation buffers).
+    _version = 2
+
+    def __init__(self, d_model: int, n_genes: int, n_labels: int, dropout: float = 0.1, clip: float = 10.0):
         super().__init__()
+        self.clip = clip
         self.cell_norm = nn.LayerNorm(d_model)
         self.cell_linear = nn.Linear(d_model, n_labels)
+        self.expression_linear = nn.Linear(n_genes, n_labels, bias=False)
         self.token_projection = nn.Linear(d_model, 1)
         self.gene_linear = nn.Linear(n_genes, n_labels, bias=False)
         self.dropout = nn.Dropout(dropout)
+        # Zero weights: the expression path adds nothing until it is fitted or trained.
+        nn.init.zeros_(self.expression_linear.weight)
+        self.register_buffer("cell_mean", torch.zeros(d_model))
+        self.register_buffer("cell_scale", torch.ones(d_model))
+        self.register_buffer("expression_mean", torch.zeros(n_genes))
+        self.register_buffer("expression_scale", torch.ones(n_genes))
 
     @property
     def out_features(self) -> int:
         """Number of classes."""
         return self.cell_linear.out_features
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args, **kwargs):
+        if local_metadata.get("version", 1) < 2:
+            # A version-1 head: the new path and buffers take their neutral values.
+            neutral = {
+                "expression_linear.weight": torch.zeros_like(self.expression_linear.weight),
+                "cell_mean": torch.zeros_like(self.cell_mean),
+                "cell_scale": torch.ones_like(self.cell_scale),
+                "expression_mean": torch.zeros_like(self.expression_mean),
+                "expression_scale": torch.ones_like(self.expression_scale),
+            }
+            for name, value in neutral.items():
+                state_dict.setdefault(prefix + name, value)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)
+
+    @torch.no_grad()
+    def set_standardization(self, cell_embedding: torch.Tensor, expression: torch.Tensor) -> None:
+        """Standardise the head's inputs with the mean and standard deviation of these cells.
+
+        ``cell_embedding`` ``(cells, d)`` and ``expression`` ``(cells, genes)`` (missing genes as
+        NaN, left out of the statistics). Dimensions that do not vary keep scale 1.
+        """
+        cells = self.cell_norm(cell_embedding.float())
+        self.cell_mean.copy_(cells.mean(0))
+        self.cell_scale.copy_(_scale(cells.std(0, unbiased=False)))
+        expression = expression.float()
+        self.expression_mean.copy_(torch.nan_to_num(expression.nanmean(0), nan=0.0))
+        centred = torch.nan_to_num(expression - self.expression_mean, nan=0.0)
+        measured = (~torch.isnan(expression)).sum(0).clamp_min(1)
+        self.expression_scale.copy_(_scale((centred.square().sum(0) / measured).sqrt()))
+
+    def standardized_inputs(
+        self, cell_embedding: torch.Tensor, expression: torch.Tensor, missing: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The standardised inputs of the two fitted paths: ``(cells, d)`` and ``(cells, genes)``."""
+        cells = (self.cell_norm(cell_embedding) - self.cell_mean) / self.cell_scale
+        genes = (expression - self.expression_mean) / self.expression_scale
+        if missing is not None:
+            genes = genes.masked_fill(missing.expand_as(genes), 0.0)
+        return cells.clamp(-self.clip, self.clip), genes.clamp(-self.clip, self.clip)
+
     def forward(
-        self, cell_embedding: torch.Tensor, hidden: torch.Tensor, missing: torch.Tensor | None = None
+        self,
+        cell_embedding: torch.Tensor,
+        hidden: torch.Tensor,
+        expression: torch.Tensor,
+        missing: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(cells, d)``, ``(cells, genes, d)`` and optional missing mask -> ``(cells, n_labels)``."""
+        """Embedding ``(cells, d)``, states ``(cells, genes, d)``, expression -> ``(cells, n_labels)``."""
+        cells, genes = self.standardized_inputs(cell_embedding, expression, missing)
         per_gene = self.token_projection(hidden).squeeze(-1)
         if missing is not None:
             per_gene = per_gene.masked_fill(missing.expand_as(per_gene), 0.0)
-        cell_logits = self.cell_linear(self.dropout(self.cell_norm(cell_embedding)))
-        return cell_logits + self.gene_linear(self.dropout(per_gene))
+        return (
+            self.cell_linear(self.dropout(cells))
+            + self.expression_linear(self.dropout(genes))
+            + self.gene_linear(self.dropout(per_gene))
+        )
+
+
+def _scale(std: torch.Tensor) -> torch.Tensor:
+    """Standard deviations as scales: constant dimensions (std ~ 0) keep scale 1."""
+    return torch.where(std > 1e-6, std, torch.ones_like(std))

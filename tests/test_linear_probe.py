@@ -1,0 +1,122 @@
+"""The linear probe of ``train_classifier``: the head's readout fitted as a logistic regression."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+import schyena_tools as st
+from schyena_tools.model._linear_readout import fit_linear_readout, probe_cells
+from schyena_tools.nn import CellTypeClassifier
+
+from ._helpers import TINY
+
+QUIET = dict(enable_progress_bar=False)
+
+
+def _toy(n_cells=90, d_model=6, n_genes=40, n_classes=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n_cells) % n_classes
+    embedding = torch.randn(n_cells, d_model, generator=generator) + labels[:, None] * 0.3
+    expression = torch.rand(n_cells, n_genes, generator=generator) * 3
+    expression[:, :5] += labels[:, None] * 0.5  # a few marker genes
+    return embedding, expression, labels
+
+
+def test_probe_is_the_logistic_regression_of_scikit_learn():
+    embedding, expression, labels = _toy()
+    head = CellTypeClassifier(d_model=6, n_genes=40, n_labels=3).eval()
+    fit_linear_readout(head, embedding, expression, None, labels, penalty=2.0)
+    with torch.no_grad():
+        ours = torch.softmax(head(embedding, torch.randn(90, 40, 6), expression), 1).numpy()
+    # The same model built independently: sc.pp.scale-like standardisation, then C = 1 / penalty.
+    normed = torch.nn.functional.layer_norm(embedding, (6,)).numpy()
+    features = np.clip(StandardScaler().fit_transform(np.hstack([normed, expression.numpy()])), -10, 10)
+    reference = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(features, labels.numpy())
+    np.testing.assert_allclose(ours, reference.predict_proba(features), atol=2e-3)
+    # the contextual gene-state path starts at zero: the probe's logits are all there is
+    assert torch.count_nonzero(head.gene_linear.weight) == 0
+
+
+def test_missing_genes_get_no_weight_and_no_statistics():
+    embedding, expression, labels = _toy()
+    missing = torch.zeros(40, dtype=torch.bool)
+    missing[[3, 20, 21]] = True
+    expression[:, missing] = 0.0
+    head = CellTypeClassifier(d_model=6, n_genes=40, n_labels=3)
+    fit_linear_readout(head, embedding, expression, missing, labels)
+    assert torch.count_nonzero(head.expression_linear.weight[:, missing]) == 0
+    assert torch.count_nonzero(head.expression_linear.weight[:, ~missing]) > 0
+    assert torch.all(head.expression_mean[missing] == 0) and torch.all(head.expression_scale[missing] == 1)
+
+
+def test_head_saved_before_the_expression_path_loads_unchanged():
+    torch.manual_seed(0)
+    old = CellTypeClassifier(d_model=6, n_genes=40, n_labels=3).eval()
+    state = old.state_dict()  # an OrderedDict whose _metadata holds the version
+    for key in ("expression_linear.weight", "expression_mean", "expression_scale", "cell_mean", "cell_scale"):
+        del state[key]
+    state._metadata[""]["version"] = 1  # what a version-1 head's state dict carried
+    new = CellTypeClassifier(d_model=6, n_genes=40, n_labels=3).eval()
+    with torch.no_grad():  # not neutral: loading must set these, not keep them
+        new.expression_linear.weight.fill_(1.0)
+        new.cell_scale.fill_(5.0)
+    new.load_state_dict(state)  # strict: nothing reported missing
+    embedding, expression, _ = _toy()
+    hidden = torch.randn(90, 40, 6)
+    with torch.no_grad():
+        per_gene = old.token_projection(hidden).squeeze(-1)
+        version_1 = old.cell_linear(old.cell_norm(embedding)) + old.gene_linear(per_gene)
+        torch.testing.assert_close(new(embedding, hidden, expression), version_1)
+    with pytest.raises(RuntimeError, match="Missing key"):  # a current head still loads strictly
+        state._metadata[""]["version"] = 2
+        CellTypeClassifier(d_model=6, n_genes=40, n_labels=3).load_state_dict(state)
+
+
+def test_probe_cells_are_capped_at_random():
+    cells = np.arange(0, 20_000, 2)
+    assert np.array_equal(probe_cells(cells[:100], seed=0), cells[:100])
+    chosen = probe_cells(cells, seed=0, max_cells=500)
+    assert chosen.size == 500 and np.all(np.isin(chosen, cells)) and np.all(np.diff(chosen) > 0)
+
+
+def test_probe_alone_trains_the_classifier_and_leaves_the_encoder(zeisel_small):
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
+    model = st.SCHyena(zeisel_small, **TINY)
+    encoder = {k: v.clone() for k, v in model.module.encoder.state_dict().items()}
+    assert model.train_classifier(max_epochs=0) is None
+    assert model.is_classifier_trained_
+    for name, value in model.module.encoder.state_dict().items():
+        torch.testing.assert_close(value, encoder[name], rtol=0, atol=0, msg=name)
+    truth = zeisel_small.obs["cell_type"].astype(str).to_numpy()
+    # a logistic regression on ~100 cells and their genes separates its own training cells
+    assert (model.predict() == truth).mean() > 0.9
+
+
+def test_fine_tuning_starts_from_the_probe(zeisel_small):
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
+    model = st.SCHyena(zeisel_small, **TINY)
+    model.train_classifier(max_epochs=0)
+    probed = model.predict(soft=True)
+    # lr 0: one epoch of fine-tuning moves nothing, so the probe is where it starts
+    model.train_classifier(max_epochs=1, lr=0.0, warmup_fraction=0.0, **QUIET)
+    np.testing.assert_allclose(model.predict(soft=True).to_numpy(), probed.to_numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(max_epochs=0, linear_probe=False), "trains nothing"),
+        (dict(max_epochs=-1), "non-negative"),
+        (dict(probe_penalty=0.0), "probe_penalty"),
+    ],
+)
+def test_bad_probe_arguments_fail_before_any_work(zeisel_small, kwargs, match):
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
+    model = st.SCHyena(zeisel_small, **TINY)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        model.train_classifier(**kwargs)
+    for name, value in model.module.state_dict().items():
+        assert torch.equal(value, before[name]), name
