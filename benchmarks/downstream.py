@@ -46,7 +46,7 @@ MODES = {
         zeisel_folds=1,
         zeisel550_folds=1,
         transfer_folds=1,
-        full_length_folds=0,
+        hvg_ablation_folds=0,
         pretrain_epochs=1,
         finetune_epochs=1,
         small_finetune_epochs=2,
@@ -57,17 +57,16 @@ MODES = {
         ablation_folds=0,
         zeisel_cells=600,
     ),
-    # Sized for ~40 minutes on 2 shared CPU cores with one torch thread (a scHyena training step
-    # costs ~0.04 s per cell at 2,000 genes there): 2 of the 5 folds on the Zeisel sets, 2
-    # epochs of pre-training and of fine-tuning, the full-length ablation on one fold.
+    # 2 of the 5 folds on every set, 2 epochs of pre-training, train_classifier's default
+    # recipe (what a user gets), the 2,000-HVG ablation on one fold.
     "default": dict(
         zeisel_folds=2,
         zeisel550_folds=2,
         transfer_folds=2,
-        full_length_folds=1,
+        hvg_ablation_folds=1,
         pretrain_epochs=2,
-        finetune_epochs=2,
-        small_finetune_epochs=None,  # train_classifier's default recipe
+        finetune_epochs=None,  # train_classifier's default recipe
+        small_finetune_epochs=None,
         imputer_epochs=1,
         imputation_cells=1000,
         scvi_epochs=20,
@@ -79,7 +78,7 @@ MODES = {
         zeisel_folds=5,
         zeisel550_folds=5,
         transfer_folds=5,
-        full_length_folds=5,
+        hvg_ablation_folds=5,
         pretrain_epochs=10,
         finetune_epochs=5,
         small_finetune_epochs=15,
@@ -201,6 +200,8 @@ class Results:
 def classification_rows(results, task, dataset, target, labels, splits, methods: dict, genes: dict):
     """Run every method on every fold; ``methods`` maps name -> f(train, test) -> predictions."""
     pooled = {}
+    if not len(splits):  # an ablation run on zero folds in this mode
+        return pooled
     for name, predict in methods.items():
         truth, predicted = [], []
         for fold_number, (train, test) in enumerate(splits):
@@ -251,60 +252,79 @@ def run(settings: dict, mode: str):
     # tasks and never saw a hidden count. Label-free, on all cells (as scVI below).
     reference = schyena_pretrain(zeisel_observed, settings["pretrain_epochs"])
 
+    full_reference = None
+
+    def zeisel550_reference():
+        """scHyena pre-trained on Zeisel 550 at full length (19,972 genes; labels unused)."""
+        nonlocal full_reference
+        if full_reference is None:
+            stage("pretrain zeisel550 full length")
+            z550_counts = read("zeisel2015_gpsFISH/zeisel_550x19972_counts.h5ad", "subclass")
+            full_reference = schyena_pretrain(z550_counts, settings["pretrain_epochs"])
+        return full_reference
+
+    hvg_folds = settings["hvg_ablation_folds"]
     confusion_truth = confusion_pred = None
     if "zeisel3005" in settings["stages"]:
         log_zeisel = baselines.log_normalize(zeisel.X)
         stage("scvi zeisel")
         scvi_zeisel = baselines.fit_scvi(zeisel, settings["scvi_epochs"], SEED)
+        stage("pretrain zeisel all genes")
+        # Full length for this set: every one of its 4,000 genes, all cells, labels unused.
+        reference_all = schyena_pretrain(zeisel, settings["pretrain_epochs"])
         for target in ("level1class", "level2class"):
             labels = zeisel.obs[target].astype(str).to_numpy()
             # Classes with >= 10 cells (drops 1 level2 class); fold indices point into the full data.
             keep = np.flatnonzero(pd.Series(labels).map(pd.Series(labels).value_counts()).to_numpy() >= 10)
             splits = [(keep[a], keep[b]) for a, b in folds(labels[keep], settings["zeisel_folds"])]
             stage(f"zeisel {target}")
+
+            def schyena(data, reference, labels=labels):
+                return partial(
+                    schyena_classify, data, labels, epochs=settings["finetune_epochs"], reference=reference
+                )
+
             methods = {
                 "logistic regression": partial(baselines.logistic_regression, log_zeisel, labels),
                 "kNN on PCA": partial(baselines.knn_on_pca, log_zeisel, labels),
                 "scANVI": partial(
                     baselines.scanvi, scvi_zeisel, labels, max_epochs=settings["scanvi_epochs"]
                 ),
-                "scHyena (pre-trained)": partial(
-                    schyena_classify,
-                    zeisel_hvg,
-                    labels,
-                    epochs=settings["finetune_epochs"],
-                    reference=reference,
-                ),
+                "scHyena (pre-trained)": schyena(zeisel, reference_all),
             }
             genes = {"logistic regression": "4000", "kNN on PCA": "4000", "scANVI": "2000 HVG"}
-            genes["scHyena (pre-trained)"] = f"{N_HVG} HVG"
+            genes["scHyena (pre-trained)"] = "4000"
             pooled = classification_rows(
                 results, "classification", "Zeisel 3005", target, labels, splits, methods, genes
             )
             if target == "level1class":
                 confusion_truth, confusion_pred = pooled["scHyena (pre-trained)"]
-                if settings["ablation_folds"]:
-                    # Ablation: same network, same epochs, no pre-training.
-                    ablation = {
-                        "scHyena (no pre-training)": partial(
-                            schyena_classify,
-                            zeisel_hvg,
-                            labels,
-                            epochs=settings["finetune_epochs"],
-                            reference=list(hvg),
-                        )
-                    }
-                    classification_rows(
-                        results,
-                        "classification",
-                        "Zeisel 3005",
-                        target,
-                        labels,
-                        splits[: settings["ablation_folds"]],
-                        ablation,
-                        {"scHyena (no pre-training)": f"{N_HVG} HVG"},
-                    )
-        del scvi_zeisel
+            # Ablations on the first folds: the 2,000-HVG panel, and no pre-training.
+            ablations = {"scHyena (pre-trained, 2000 HVG)": schyena(zeisel_hvg, reference)}
+            ablation_genes = {"scHyena (pre-trained, 2000 HVG)": f"{N_HVG} HVG"}
+            classification_rows(
+                results,
+                "classification",
+                "Zeisel 3005",
+                target,
+                labels,
+                splits[:hvg_folds],
+                ablations,
+                ablation_genes,
+            )
+            if settings["ablation_folds"] and target == "level1class":
+                ablation = {"scHyena (no pre-training)": schyena(zeisel, list(zeisel.var_names))}
+                classification_rows(
+                    results,
+                    "classification",
+                    "Zeisel 3005",
+                    target,
+                    labels,
+                    splits[: settings["ablation_folds"]],
+                    ablation,
+                    {"scHyena (no pre-training)": "4000"},
+                )
+        del scvi_zeisel, reference_all
 
     # ---------------- Zeisel 550, all 19,972 genes
     if "zeisel550" in settings["stages"]:
@@ -314,49 +334,34 @@ def run(settings: dict, mode: str):
         log_z550 = baselines.log_normalize(z550.X)
         stage("scvi zeisel550")
         scvi_z550 = baselines.fit_scvi(z550, settings["scvi_epochs"] * 3, SEED)
+        reference_550 = zeisel550_reference()  # pre-trained on these cells, labels unused (as scVI)
         stage("zeisel550 classification")
-        # scHyena reads the 550 cells through the Zeisel-3005 model (its 2,000-HVG vocabulary; all
-        # measured here, libraries over all 19,972 genes): load_query_data.
+        schyena = partial(schyena_classify, z550, labels, epochs=settings["small_finetune_epochs"])
         methods = {
             "logistic regression": partial(baselines.logistic_regression, log_z550, labels),
             "kNN on PCA": partial(baselines.knn_on_pca, log_z550, labels),
             "scANVI": partial(baselines.scanvi, scvi_z550, labels, max_epochs=settings["scanvi_epochs"] * 3),
-            "scHyena (pre-trained)": partial(
-                schyena_classify, z550, labels, epochs=settings["small_finetune_epochs"], reference=reference
-            ),
+            "scHyena (pre-trained, full length)": partial(schyena, reference=reference_550),
         }
-        genes = {k: "19972" for k in methods} | {"scHyena (pre-trained)": f"{N_HVG} HVG of Zeisel 3005"}
-        genes["scANVI"] = "2000 HVG"
+        genes = {k: "19972" for k in methods} | {"scANVI": "2000 HVG"}
         classification_rows(
             results, "classification", "Zeisel 550", "subclass", labels, splits, methods, genes
         )
-        if settings["full_length_folds"]:
-            stage("pretrain zeisel550 full length")
-            reference_full = schyena_pretrain(z550, max(1, settings["pretrain_epochs"] // 2))
-            stage("zeisel550 full-length classification")
-            full = {
-                "scHyena (pre-trained on the 550, full length)": partial(
-                    schyena_classify,
-                    z550,
-                    labels,
-                    epochs=settings["small_finetune_epochs"],
-                    reference=reference_full,
-                )
-            }
-            classification_rows(
-                results,
-                "classification",
-                "Zeisel 550",
-                "subclass",
-                labels,
-                splits[: settings["full_length_folds"]],
-                full,
-                {"scHyena (pre-trained on the 550, full length)": "19972"},
-            )
-            del reference_full
+        # Ablation: read through the Zeisel-3005 model's 2,000-HVG vocabulary (load_query_data).
+        ablation = {"scHyena (2000 HVG of Zeisel 3005)": partial(schyena, reference=reference)}
+        classification_rows(
+            results,
+            "classification",
+            "Zeisel 550",
+            "subclass",
+            labels,
+            splits[:hvg_folds],
+            ablation,
+            {"scHyena (2000 HVG of Zeisel 3005)": f"{N_HVG} HVG of Zeisel 3005"},
+        )
         del scvi_z550
 
-    # ---------------- cross-dataset transfer: pre-trained on Zeisel 3005, fine-tuned on target
+    # ---------------- cross-dataset transfer: pre-trained on Zeisel 550 (full length), fine-tuned on target
     if "transfer" in settings["stages"]:
         for name, path, label, case_insensitive in (
             ("La Manno 2016", "lamanno2016_DA_mapscvi/lamanno_DA_243x18219_counts.h5ad", "Cell_type", False),
@@ -366,38 +371,45 @@ def run(settings: dict, mode: str):
             labels = target_data.obs["label"].to_numpy()
             splits = folds(labels, settings["transfer_folds"])
             log_target = baselines.log_normalize(target_data.X)
+            full = zeisel550_reference()
             stage(f"transfer {name}")
             scvi_target = baselines.fit_scvi(target_data, settings["scvi_epochs"] * 5, SEED)
-            epochs = settings["small_finetune_epochs"]
+            schyena = partial(schyena_classify, target_data, labels, epochs=settings["small_finetune_epochs"])
             methods = {
                 "logistic regression": partial(baselines.logistic_regression, log_target, labels),
                 "kNN on PCA": partial(baselines.knn_on_pca, log_target, labels),
                 "scANVI": partial(
                     baselines.scanvi, scvi_target, labels, max_epochs=settings["scanvi_epochs"] * 5
                 ),
-                "scHyena (pre-trained on Zeisel)": partial(
-                    schyena_classify,
-                    target_data,
-                    labels,
-                    epochs=epochs,
-                    reference=reference,
-                    case_insensitive=case_insensitive,
+                "scHyena (pre-trained on Zeisel 550, full length)": partial(
+                    schyena, reference=full, case_insensitive=case_insensitive
                 ),
-                "scHyena (no pre-training)": partial(
-                    schyena_classify,
-                    target_data,
-                    labels,
-                    epochs=epochs,
-                    reference=_query_vocabulary(target_data, reference, case_insensitive),
+                "scHyena (no pre-training, full length)": partial(
+                    schyena, reference=_query_vocabulary(target_data, full, case_insensitive)
                 ),
             }
             genes = {k: str(target_data.n_vars) for k in methods}
             genes["scANVI"] = "2000 HVG"
-            overlap = len(_matched(target_data, reference, case_insensitive))
-            genes["scHyena (pre-trained on Zeisel)"] = genes["scHyena (no pre-training)"] = (
-                f"{overlap} of Zeisel's {N_HVG} HVG"
-            )
+            overlap = len(_matched(target_data, full, case_insensitive))
+            for key in (
+                "scHyena (pre-trained on Zeisel 550, full length)",
+                "scHyena (no pre-training, full length)",
+            ):
+                genes[key] = f"{overlap} of Zeisel 550's {len(full.gene_vocabulary)}"
             classification_rows(results, "transfer", name, label, labels, splits, methods, genes)
+            hvg_name = "scHyena (pre-trained on Zeisel 3005, 2000 HVG)"
+            ablation = {hvg_name: partial(schyena, reference=reference, case_insensitive=case_insensitive)}
+            overlap_hvg = len(_matched(target_data, reference, case_insensitive))
+            classification_rows(
+                results,
+                "transfer",
+                name,
+                label,
+                labels,
+                splits[:hvg_folds],
+                ablation,
+                {hvg_name: f"{overlap_hvg} of Zeisel's {N_HVG} HVG"},
+            )
             del scvi_target
 
     # ---------------- imputation on Zeisel 3005 (2,000-HVG panel), 10% of non-zeros hidden

@@ -220,7 +220,7 @@ def _annotate(args: argparse.Namespace) -> None:
     def work_on(adata, work, model):
         labels = work.obs[args.labels_key].astype(str)
         labelled = labels[labels != args.unlabeled_category]
-        _say(f"fine-tuning a classifier on {len(labelled)} labelled cells", args)
+        _say(f"training a classifier on {len(labelled)} labelled cells", args)
         model.train_classifier(**_trainer_kwargs(args))
         _say(f"predicting {work.n_obs} cells", args)
         predicted, confidence = model.predict(batch_size=args.batch_size, return_confidence=True)
@@ -371,14 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     annotate = commands.add_parser(
         "annotate",
-        help="fine-tune a cell-type classifier on labelled cells and predict every cell",
+        help="train a cell-type classifier on labelled cells and predict every cell",
         formatter_class=formatter,
-        description="Start from a trained model, fine-tune a classifier on the cells of INPUT whose "
+        description="Start from a trained model, train a classifier (a linear probe on the model's features, "
+        "then --max-epochs of fine-tuning) on the cells of INPUT whose "
         "--labels-key is set (cells labelled --unlabeled-category are not trained on), predict every "
         "cell and write OUTPUT: INPUT plus obs['schyena_prediction'] and obs['schyena_confidence'] "
         "(probability of the predicted type).",
         epilog=f"example:\n  schyena-tools annotate {BUNDLED_MODEL_NAME} query.h5ad --labels-key cell_type "
-        "--unlabeled-category Unknown -o query_annotated.h5ad --max-epochs 10",
+        "--unlabeled-category Unknown -o query_annotated.h5ad",
     )
     _add_io(annotate, model=True)
     annotate.add_argument("--labels-key", required=True, help="obs column of cell-type labels")
@@ -386,7 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--unlabeled-category", default="Unknown", help="label of cells to predict (default: %(default)s)"
     )
     annotate.add_argument("--model-out", default=None, help="also save the fine-tuned model in this folder")
-    _add_training_options(annotate, 10, "passes over the labelled cells")
+    _add_training_options(
+        annotate,
+        0,
+        "epochs of fine-tuning after the linear probe; 0 fits the probe alone (the default recipe)",
+    )
     annotate.set_defaults(handler=_annotate)
 
     impute = commands.add_parser(
