@@ -90,14 +90,22 @@ def test_early_stopping_stops_when_validation_stops_improving(zeisel_small):
     assert epochs_run < 15
 
 
-def test_default_epochs_come_from_the_data_size(zeisel_small, monkeypatch):
+def test_default_is_the_probe_alone(zeisel_small):
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
+    model = st.SCHyena(zeisel_small, **TINY)
+    model.train_classifier(**QUIET)
+    assert model.is_classifier_trained_ and "classify" not in model.phase_history_
+
+
+def test_without_probe_epochs_come_from_the_data_size(zeisel_small, monkeypatch):
     import schyena_tools.model._classification as classification
 
     # a small step budget, so that the test stays short: 63 training cells x 16 = 4 steps/epoch
     monkeypatch.setattr(classification, "classifier_epochs", lambda n, bs: classifier_epochs(n, bs, 12))
     st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
     model = st.SCHyena(zeisel_small, **TINY)
-    model.train_classifier(**QUIET)  # every labelled cell trained on: 70 cells x 16 = 5 steps/epoch
+    # every labelled cell trained on: 70 cells x 16 = 5 steps/epoch
+    model.train_classifier(linear_probe=False, **QUIET)
     assert len(model.phase_history_["classify"]["train_loss"]) == classifier_epochs(70, 16, 12) == 3
 
 
