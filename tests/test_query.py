@@ -78,12 +78,15 @@ def test_partial_panel_with_extra_genes(trained_small):
         assert torch.equal(model.module.encoder.state_dict()[key], value), key
     z = model.get_latent_representation()
     assert z.shape == (query.n_obs, TINY["d_model"]) and np.isfinite(z).all()
-    imputed = model.get_imputed_expression()
+    imputed = model.get_imputed_expression(all_genes=False)
     assert list(imputed.columns) == list(query.var_names[:500])  # genes outside the vocabulary dropped
-    # all_genes: one column per query gene, in its order; genes outside the vocabulary keep
-    # their observed log-normalised values, imputed genes equal the default output.
-    full = model.get_imputed_expression(all_genes=True)
+    # default (all_genes): one column per query gene, in its order; genes outside the vocabulary
+    # keep their observed log-normalised values, imputed genes equal the vocabulary-only output.
+    full = model.get_imputed_expression()
     assert list(full.columns) == list(query.var_names)
+    # the documented line works on this panel (it failed with a shape error before)
+    query.layers["schyena_imputed"] = model.get_imputed_expression(return_numpy=True)
+    np.testing.assert_array_equal(query.layers["schyena_imputed"], full.to_numpy())
     observed = log_normalize(torch.as_tensor(query.X, dtype=torch.float32), model.module.target_sum).numpy()
     np.testing.assert_allclose(full[list(extra.columns)].to_numpy(), observed[:, -5:], rtol=1e-6)
     np.testing.assert_allclose(full[imputed.columns].to_numpy(), imputed.to_numpy())
@@ -200,6 +203,6 @@ def test_lamanno_query_on_zeisel_reference(trained_small):
     assert model.n_vocabulary_genes_measured_ == measured
     z = model.get_latent_representation()
     assert z.shape == (30, TINY["d_model"]) and np.isfinite(z).all()
-    imputed = model.get_imputed_expression(indices=[0, 1])
+    imputed = model.get_imputed_expression(indices=[0, 1], all_genes=False)
     assert imputed.shape == (2, measured)
     assert set(imputed.columns) <= set(lamanno.var_names)

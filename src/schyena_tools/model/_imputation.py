@@ -94,7 +94,7 @@ class ImputationMixin:
         keep_observed: bool = True,
         count_scale: bool = False,
         return_numpy: bool = False,
-        all_genes: bool = False,
+        all_genes: bool | None = None,
     ) -> pd.DataFrame | np.ndarray:
         """Impute every gene of every cell (dropout recovery).
 
@@ -109,8 +109,9 @@ class ImputationMixin:
         indices
             Cells to impute; defaults to all.
         gene_list
-            Genes (columns) to return, in this order; default: every gene of ``adata`` that is
-            in the model's vocabulary. An unknown name raises a ``ValueError`` naming it.
+            Genes (columns) to return, in this order; each must be in the model's vocabulary
+            (an unknown name raises a ``ValueError`` naming it). Default: every gene of
+            ``adata`` (see ``all_genes``).
         batch_size
             Cells encoded at a time (default 16): memory stays bounded by the chunk, and the
             result does not depend on it.
@@ -124,23 +125,27 @@ class ImputationMixin:
         return_numpy
             Return a ``float32`` array instead of a DataFrame.
         all_genes
-            One column per gene of ``adata``, in its order, whatever the model's vocabulary:
-            genes the vocabulary does not know cannot be imputed and hold their observed
-            log-normalised values (on the count scale with ``count_scale``). Genes that were
-            imputed are ``adata.var_names.isin(model.gene_vocabulary)``. Not with ``gene_list``.
+            ``True`` (the default without ``gene_list``): one column per gene of ``adata``, in
+            its order, whatever the model's vocabulary, so the result fits ``adata.layers``
+            on any gene panel; genes the vocabulary does not know cannot be imputed and hold
+            their observed log-normalised values (on the count scale with ``count_scale``).
+            Genes that were imputed are ``adata.var_names.isin(model.gene_vocabulary)``.
+            ``False``: only the genes of ``adata`` in the vocabulary. Not with ``gene_list``.
 
         Returns
         -------
         Cells x genes, log-normalised (``log1p(count / library * target_sum)``) unless
         ``count_scale``. Nothing is written into ``adata``; the documented place to store it is
-        ``adata.layers["schyena_imputed"] = model.get_imputed_expression(return_numpy=True)``
-        (with the default ``gene_list``).
+        ``adata.layers["schyena_imputed"] = model.get_imputed_expression(return_numpy=True)``,
+        which works on any gene panel.
 
         """
         self._check_if_trained(warn=True)
         target = self._validate_anndata(adata)
         if all_genes and gene_list is not None:
             raise ValueError("pass either gene_list or all_genes=True, not both.")
+        if all_genes is None:
+            all_genes = gene_list is None
         gene_index = None if self.module.gene_index is None else self.module.gene_index.cpu().numpy()
         vocab_positions, names = output_columns(gene_index, self.gene_vocabulary, target.var_names, gene_list)
         positions = torch.as_tensor(vocab_positions, dtype=torch.long)
