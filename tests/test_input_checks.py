@@ -127,6 +127,23 @@ def test_missing_labels_are_an_error_naming_the_fix(zeisel_small):
     setup_fails(zeisel_small, ValueError, r"5 missing values.*unlabeled_category", labels_key="cell_type")
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [
+        lambda n: np.arange(n) % 3,  # integer cluster ids, as read from a CSV
+        lambda n: pd.Categorical(np.arange(n) % 3),  # a categorical of integers
+        lambda n: (np.arange(n) % 3).astype(float),
+        lambda n: np.array(["a", 1] * (n // 2) + ["a"] * (n % 2), dtype=object),  # mixed
+    ],
+)
+def test_labels_that_are_not_text_are_an_error_naming_the_fix(zeisel_small, labels):
+    zeisel_small.obs["cluster"] = labels(zeisel_small.n_obs)
+    setup_fails(zeisel_small, ValueError, r"not text labels|mixes text.*astype\(str\)", labels_key="cluster")
+    # the fix the message gives works
+    zeisel_small.obs["cluster"] = zeisel_small.obs["cluster"].astype(str)
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="cluster")
+
+
 @pytest.mark.parametrize("empty", ["cells", "genes"])
 def test_empty_anndata_is_an_error(zeisel_small, empty):
     adata = zeisel_small[:0].copy() if empty == "cells" else zeisel_small[:, :0].copy()

@@ -292,6 +292,31 @@ def check_obs_key(adata: AnnData, key: str | None, argument: str) -> None:
             else f"fill them, e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
         )
         raise ValueError(f"adata.obs[{key!r}] ({argument}) has {missing} missing values (NaN): {hint}.")
+    if argument == "labels_key":
+        check_labels_are_text(adata, key)
+
+
+def check_labels_are_text(adata: AnnData, key: str) -> None:
+    """Cell-type labels are strings (or a categorical of strings), not numbers.
+
+    Labels are matched to the ``unlabeled_category`` and to a saved model's classes as text;
+    integer cluster ids (as read from a CSV) would otherwise fail inside scvi-tools with a
+    message about categories the user never set.
+    """
+    column = adata.obs[key]
+    values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column
+    if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
+        raise ValueError(
+            f"adata.obs[{key!r}] (labels_key) holds {values.dtype} values, not text labels; scHyena "
+            f"matches labels (and the unlabeled_category) as strings. Convert the column first: "
+            f"adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
+        )
+    mixed = [v for v in pd.unique(values) if not isinstance(v, str)]
+    if mixed:
+        raise ValueError(
+            f"adata.obs[{key!r}] (labels_key) mixes text with non-text values (e.g. {mixed[:3]!r}); "
+            f"convert the column first: adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
+        )
 
 
 def check_anndata(
