@@ -148,6 +148,11 @@ def test_case_insensitive_matching(trained_small):
     np.testing.assert_allclose(
         model.get_latent_representation(), reference.get_latent_representation(), rtol=1e-4, atol=1e-5
     )
+    # some genes matched exactly, the rest only by case: the warning counts those and names the fix
+    mixed = _fresh(adata)
+    mixed.var_names = [g.swapcase() if i % 2 else g for i, g in enumerate(mixed.var_names)]
+    with pytest.warns(UserWarning, match=r"300 of them differ .* only by case.*case_insensitive=True"):
+        st.SCHyena.load_query_data(mixed, reference)
 
 
 def test_query_without_labels_uses_reference_classifier(classifier_small):

@@ -76,10 +76,20 @@ class QueryMixin:
             )
         n_dropped = len(query_genes) - n_matched
         if n_dropped:
+            hint = ""
+            if not case_insensitive:
+                by_case = (
+                    int(match_genes_to_vocabulary(vocabulary, query_genes, True).notna().sum()) - n_matched
+                )
+                if by_case > 0:
+                    hint = (
+                        f" {by_case} of them differ from a vocabulary gene only by case (e.g. mouse "
+                        "'Gad1' vs human 'GAD1'): pass case_insensitive=True to match them."
+                    )
             warnings.warn(
                 f"{n_dropped} of the query's {len(query_genes)} genes are not in the reference vocabulary "
                 f"and are ignored; {len(vocabulary) - n_matched} of the {len(vocabulary)} vocabulary genes "
-                "are missing from the query and get the missing token.",
+                f"are missing from the query and get the missing token.{hint}",
                 UserWarning,
                 stacklevel=2,
             )
