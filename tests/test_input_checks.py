@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 import schyena_tools as st
 from schyena_tools.validation import BACKED_SAMPLE_ROWS, CountsWarning, MissingKeyError, check_anndata
@@ -244,3 +245,42 @@ def test_user_data_is_never_modified(zeisel_small, tmp_path):
     assert set(after["obs"].columns) - set(before["obs"].columns) == {"_scvi_batch", "_scvi_labels"}
     pd.testing.assert_frame_equal(after["obs"][before["obs"].columns], before["obs"])
     assert {k for k in adata.uns if k.startswith("_scvi")} == {"_scvi_uuid", "_scvi_manager_uuid"}
+
+
+# ---------------------------------------------------------------- hyper-parameters
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(d_model=0), r"d_model must be >= 1, got 0"),
+        (dict(n_layers=-1), r"n_layers must be >= 1"),
+        (dict(d_model=16.5), r"d_model must be an integer"),
+        (dict(order=True), r"order must be an integer"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (dict(target_sum=0), r"target_sum must be > 0"),
+        (dict(filter_hidden_dim=float("nan")), r"filter_hidden_dim must be an integer"),
+    ],
+)
+def test_bad_architecture_is_an_error_naming_the_argument(zeisel_small, kwargs, match):
+    st.SCHyena.setup_anndata(zeisel_small)
+    with pytest.raises(ValueError, match=match):
+        st.SCHyena(zeisel_small, **{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("call", "kwargs", "match"),
+    [
+        ("train", dict(plan_kwargs={"lr": -1}), r"lr must be >= 0, got -1"),
+        ("train", dict(plan_kwargs={"weight_decay": float("inf")}), r"weight_decay must be a number"),
+        ("train_classifier", dict(lr=-1, max_epochs=1), r"lr must be >= 0"),
+        ("train_classifier", dict(warmup_fraction=1.5, max_epochs=1), r"warmup_fraction must be in"),
+        ("train_classifier", dict(head_lr_factor=-2, max_epochs=1), r"head_lr_factor must be >= 0"),
+    ],
+)
+def test_bad_optimiser_settings_fail_before_any_work(zeisel_small, call, kwargs, match):
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
+    model = st.SCHyena(zeisel_small, **TINY)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        getattr(model, call)(**kwargs, enable_progress_bar=False)
+    for name, value in model.module.state_dict().items():  # not even the linear probe ran
+        assert torch.equal(value, before[name]), name

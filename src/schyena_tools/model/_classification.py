@@ -14,7 +14,7 @@ from scvi import REGISTRY_KEYS
 
 from ._checkpoint import RestoreBestWeights
 from ._linear_readout import fit_linear_readout, probe_cells
-from ._training import DEFAULT_BATCH_SIZE
+from ._training import DEFAULT_BATCH_SIZE, check_plan_kwargs
 from ._training_plan import is_distributed
 
 #: Optimiser steps the default ``train_classifier`` aims at (see :func:`classifier_epochs`).
@@ -247,6 +247,7 @@ class ClassificationMixin:
             "cosine_decay": True,
             **(plan_kwargs or {}),
         }
+        check_plan_kwargs(plan)  # before the probe: no work is done with a bad setting
 
         if linear_probe:
             self._fit_linear_probe(probe_cells(train_idx, settings.seed), batch_size, probe_penalty)

@@ -25,7 +25,7 @@ from scvi.train import TrainRunner
 from scvi.utils import setup_anndata_dsp
 
 from schyena_tools.module import SCHyenaModule
-from schyena_tools.validation import check_anndata, check_batch_size
+from schyena_tools.validation import check_anndata, check_batch_size, check_number
 
 from ._classification import ClassificationMixin
 from ._imputation import ImputationMixin
@@ -110,6 +110,16 @@ class SCHyena(ClassificationMixin, ImputationMixin, TrainingMixin, SaveLoadMixin
         target_sum: float = 1e4,
         gene_vocabulary: Sequence[str] | None = None,
     ):
+        for name, value in (
+            ("d_model", d_model),
+            ("n_layers", n_layers),
+            ("order", order),
+            ("mlp_ratio", mlp_ratio),
+            ("filter_hidden_dim", filter_hidden_dim),
+        ):
+            check_number(value, name, integer=True, minimum=1)
+        check_number(dropout, "dropout", minimum=0, maximum=1, exclusive_maximum=True)
+        check_number(target_sum, "target_sum", minimum=0, exclusive_minimum=True)
         super().__init__(adata)
         if adata is None:
             raise ValueError("SCHyena needs an AnnData registered with SCHyena.setup_anndata(adata).")

@@ -17,7 +17,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.train._trainrunner import _safe_load_logger_history
 
-from schyena_tools.validation import check_batch_size
+from schyena_tools.validation import check_batch_size, check_number
 
 from ._checkpoint import EpochCheckpoint, read_checkpoint, resolve_checkpoint
 from ._training_plan import distributed_settings
@@ -34,6 +34,28 @@ DEFAULT_BATCH_SIZE = 16
 #: move. Measured on 200 Zeisel cells x 2,000 genes, 10 epochs: the cell-embedding head's
 #: error fell 2% below the per-gene-mean baseline with eps=0.01 and 19% with 1e-8.
 DEFAULT_PLAN_KWARGS = {"optimizer": "AdamW", "lr": 1e-3, "weight_decay": 1e-2, "eps": 1e-8}
+
+
+def check_phase_arguments(max_epochs, batch_size, plan_kwargs: dict | None) -> None:
+    """Epochs, minibatch size and optimiser settings of a training phase, before any work."""
+    check_batch_size(batch_size)
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
+        raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}")
+    check_plan_kwargs(plan_kwargs or {})
+
+
+def check_plan_kwargs(plan_kwargs: dict) -> None:
+    """Optimiser settings in range, checked before any work (see :func:`check_number`)."""
+    bounds = {
+        "lr": dict(minimum=0),
+        "weight_decay": dict(minimum=0),
+        "eps": dict(minimum=0, exclusive_minimum=True),
+        "head_lr_factor": dict(minimum=0),
+        "warmup_fraction": dict(minimum=0, maximum=1, exclusive_maximum=True),
+    }
+    for name, bound in bounds.items():
+        if plan_kwargs.get(name) is not None:
+            check_number(plan_kwargs[name], name, **bound)
 
 
 class TrainingMixin:
@@ -63,9 +85,7 @@ class TrainingMixin:
         ``model.history`` gains this phase's epochs (new metrics as new keys) and
         ``model.phase_history_[objective]`` holds this phase alone.
         """
-        check_batch_size(batch_size)
-        if not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
-            raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}")
+        check_phase_arguments(max_epochs, batch_size, plan_kwargs)
         self._validate_anndata()
         if resume_from is not None:
             resume_from = resolve_checkpoint(resume_from, objective)
@@ -213,6 +233,7 @@ class TrainingMixin:
         zero_mask_ratio = mask_ratio / 10 if zero_mask_ratio is None else zero_mask_ratio
         if not 0.0 <= zero_mask_ratio < 1.0:
             raise ValueError(f"zero_mask_ratio must be in [0, 1), got {zero_mask_ratio}")
+        check_phase_arguments(max_epochs, batch_size, plan_kwargs)
         if not self.is_trained_ and resume_from is None:
             self._initialize_from_data()
         return self._train_phase(

@@ -8,6 +8,7 @@ from ._checks import (
     check_anndata,
     check_batch_size,
     check_counts,
+    check_number,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "check_anndata",
     "check_batch_size",
     "check_counts",
+    "check_number",
 ]

@@ -357,3 +357,38 @@ def check_batch_size(batch_size: int | None, argument: str = "batch_size") -> No
         return
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"{argument} must be a positive integer (cells per minibatch), got {batch_size!r}.")
+
+
+def check_number(
+    value,
+    argument: str,
+    *,
+    integer: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    exclusive_maximum: bool = False,
+    meaning: str = "",
+) -> None:
+    """A hyper-parameter is a (finite) number in its range, else a ``ValueError`` naming it.
+
+    Checked before any work, so that ``lr=-1`` or ``d_model=0`` is not reported by another
+    library, later, in its own words.
+    """
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
+    if isinstance(value, bool) or not ok_type or not np.isfinite(value):
+        raise ValueError(f"{argument} must be {kind}{meaning}, got {value!r}.")
+    low = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
+    high = maximum is not None and (value >= maximum if exclusive_maximum else value > maximum)
+    if low or high:
+        left = "" if minimum is None else ("(" if exclusive_minimum else "[") + f"{minimum:g}"
+        right = "" if maximum is None else f"{maximum:g}" + (")" if exclusive_maximum else "]")
+        bounds = (
+            f"in {left}, {right}"
+            if minimum is not None and maximum is not None
+            else (f"> {minimum:g}" if exclusive_minimum else f">= {minimum:g}")
+            if minimum is not None
+            else (f"< {maximum:g}" if exclusive_maximum else f"<= {maximum:g}")
+        )
+        raise ValueError(f"{argument} must be {bounds}{meaning}, got {value!r}.")
