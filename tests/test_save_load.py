@@ -18,6 +18,23 @@ def test_save_refuses_to_overwrite_without_asking(trained, tmp_path):
         model.save(tmp_path / "m")
 
 
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a: a[:, a.var_names[::-1]].copy(), "the same genes in another order"),
+        (lambda a: a[:, 10:].copy(), r"\d+ genes where the model was set up with \d+ \(10 of them absent"),
+    ],
+)
+def test_load_onto_other_genes_fails_at_load(trained, tmp_path, change, match):
+    model, adata = trained
+    model.save(tmp_path / "m")
+    other = change(adata)
+    with pytest.raises(ValueError, match=f"cannot load .*{match}.*load_query_data"):
+        st.SCHyena.load(tmp_path / "m", adata=other)
+    assert not any(key.startswith("_scvi") for key in other.uns)  # checked before registering
+    assert st.SCHyena.load(tmp_path / "m", adata=adata).adata is adata  # the right genes load
+
+
 def _fail_midway(monkeypatch):
     """Make the writer die after writing part of model.pt (as a full disk or a kill would)."""
     import scvi.model.base._base_model as base_model

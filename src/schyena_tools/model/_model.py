@@ -33,7 +33,7 @@ from ._query import QueryMixin
 from ._save_load import SAVE_FORMAT_VERSION, SaveLoadMixin, package_version
 from ._training import DEFAULT_BATCH_SIZE, TrainingMixin
 from ._training_plan import SCHyenaTrainingPlan
-from ._vocabulary import gene_index_for
+from ._vocabulary import gene_index_for, gene_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -244,27 +244,10 @@ class SCHyena(ClassificationMixin, ImputationMixin, TrainingMixin, SaveLoadMixin
 
     def _check_genes_unchanged(self, adata: AnnData) -> None:
         """``adata`` has the registered genes in the registered order (or raise, saying so)."""
-        registered = pd.Index(
-            self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY)["column_names"], dtype=str
-        )
-        current = pd.Index(adata.var_names, dtype=str)
-        if current.equals(registered):
-            return
-        if len(current) == len(registered) and set(current) == set(registered):
-            problem = "the same genes in another order"
-        else:
-            problem = (
-                f"{len(current)} genes where the model was set up with {len(registered)} "
-                f"({len(registered.difference(current))} of them absent, "
-                f"{len(current.difference(registered))} new)"
-            )
-        raise ValueError(
-            f"the AnnData has {problem}. The model reads columns by the position they had at "
-            f"setup, so this would feed it the wrong genes. Select the model's genes in its order "
-            f"(adata[:, model.adata_manager.get_state_registry('X')['column_names']]), set the "
-            f"AnnData up again and create a new model, or use SCHyena.load_query_data(adata, model) "
-            f"for another gene panel."
-        )
+        registered = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY)["column_names"]
+        problem = gene_mismatch(registered, adata.var_names)
+        if problem:
+            raise ValueError(problem)
 
     # ------------------------------------------------------------------ inference
     def _inference_batches(

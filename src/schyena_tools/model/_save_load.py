@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from anndata import AnnData
 
+from ._vocabulary import gene_mismatch
+
 #: Version of the saved-model layout (attributes and state-dict keys) that :meth:`SCHyena.save`
 #: writes. Bump it when a change makes older files unreadable, and say so in the CHANGELOG.
 SAVE_FORMAT_VERSION = 2
@@ -180,12 +182,18 @@ class SaveLoadMixin:
 
         A missing folder or ``model.pt``, a truncated or corrupted file, a model of another
         class, and a file written by an incompatible version of schyena-tools each raise an
-        error that says which, before anything is built. Other arguments as in
+        error that says which, before anything is built; so does an ``adata`` whose genes are
+        not the saved model's, in its order (use :meth:`load_query_data` for another gene
+        panel). Other arguments as in
         :meth:`scvi.model.base.BaseModelClass.load`; ``adata`` is checked like in
         :meth:`setup_anndata`.
         """
         if backup_url is None:
-            read_saved_model(dir_path, prefix, model_name=cls.__name__)
+            saved = read_saved_model(dir_path, prefix, model_name=cls.__name__)
+            if adata is not None:  # the genes are checked now, not at the model's first use
+                problem = gene_mismatch(saved["var_names"], adata.var_names)
+                if problem:
+                    raise ValueError(f"cannot load {str(dir_path)!r} onto this AnnData: {problem}")
         return super().load(
             str(dir_path),
             adata=adata,

@@ -117,3 +117,27 @@ def output_columns(
             "Use names from adata.var_names that are in model.gene_vocabulary."
         )
     return vocab_positions[lookup], names[lookup]
+
+
+def gene_mismatch(expected: Sequence[str], current: Sequence[str]) -> str | None:
+    """``None`` if ``current`` is ``expected`` in the same order, else an error message saying how
+    they differ and what to do (the model reads columns by their position at setup).
+    """
+    expected, current = pd.Index(expected, dtype=str), pd.Index(current, dtype=str)
+    if current.equals(expected):
+        return None
+    if len(current) == len(expected) and set(current) == set(expected):
+        problem = "the same genes in another order"
+    else:
+        problem = (
+            f"{len(current)} genes where the model was set up with {len(expected)} "
+            f"({len(expected.difference(current))} of them absent, "
+            f"{len(current.difference(expected))} new)"
+        )
+    return (
+        f"the AnnData has {problem}. The model reads columns by the position they had at "
+        f"setup, so this would feed it the wrong genes. Select the model's genes in its order "
+        f"(adata[:, model.adata_manager.get_state_registry('X')['column_names']]), set the "
+        f"AnnData up again and create a new model, or use SCHyena.load_query_data(adata, model) "
+        f"for another gene panel."
+    )
