@@ -143,3 +143,33 @@ def test_demo_runs_on_a_few_cells(tmp_path):
     assert cli.main([*argv, "--max-epochs", "1", "--batch-size", "8", "--quiet"]) == 0
     assert (out / "umap.png").is_file() and (out / "model" / "model.pt").is_file()
     assert ad.read_h5ad(out / "zeisel_schyena.h5ad").obsm["X_schyena"].shape == (16, 8)
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["annotate", "--help"], ["demo", "--help"]])
+def test_help_and_version_do_not_import_torch(argv):
+    import subprocess
+    import sys
+
+    # a fresh interpreter: --help of any command must not pay for torch and scvi-tools
+    code = (
+        "import sys\nfrom schyena_tools import cli\n"
+        "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('heavy:', sorted(m for m in ('torch', 'scvi', 'lightning') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "heavy: []" in result.stdout
+    if argv == ["--version"]:
+        from schyena_tools import __version__
+
+        assert f"schyena-tools {__version__}" in result.stdout
+
+
+def test_package_attributes_load_on_first_use():
+    import schyena_tools as st
+
+    assert st.SCHyena is st.model.SCHyena
+    from schyena_tools import SCHyena, pl  # noqa: F401
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        st.nope  # noqa: B018

@@ -298,6 +298,7 @@ def _add_io(parser: argparse.ArgumentParser, model: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from schyena_tools import __version__
     from schyena_tools.demo import DEMO_SETTINGS
 
     parser = argparse.ArgumentParser(
@@ -306,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Each command reads an h5ad of raw counts and writes an h5ad with its results.",
         epilog=f"The bundled model pre-trained on mouse brain is called {BUNDLED_MODEL_NAME!r}.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     formatter = argparse.RawDescriptionHelpFormatter
 
