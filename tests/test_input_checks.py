@@ -284,3 +284,18 @@ def test_bad_optimiser_settings_fail_before_any_work(zeisel_small, call, kwargs,
         getattr(model, call)(**kwargs, enable_progress_bar=False)
     for name, value in model.module.state_dict().items():  # not even the linear probe ran
         assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("n_cells", [1, 2, 9])
+def test_too_few_cells_for_a_validation_split_is_an_error_naming_the_fix(zeisel_small, n_cells):
+    few = zeisel_small[:n_cells].copy()
+    st.SCHyena.setup_anndata(few)
+    model = st.SCHyena(few, **TINY)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(
+        ValueError, match=rf"leaves no validation cell among {n_cells} cells.*train_size=1.0.*10 cells"
+    ):
+        model.train(max_epochs=1, train_size=0.9, enable_progress_bar=False)
+    for name, value in model.module.state_dict().items():  # not even the data-dependent start ran
+        assert torch.equal(value, before[name]), name
+    model.train(max_epochs=1, train_size=1.0, batch_size=2, enable_progress_bar=False)  # the fix works

@@ -9,6 +9,7 @@ Every phase (pre-training here; classification and imputation in their own files
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import numpy as np
@@ -42,6 +43,29 @@ def check_phase_arguments(max_epochs, batch_size, plan_kwargs: dict | None) -> N
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
         raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}")
     check_plan_kwargs(plan_kwargs or {})
+
+
+def check_split(n_cells: int, train_size: float | None, validation_size: float | None) -> None:
+    """The train/validation split leaves cells on both sides, else a ``ValueError`` saying so.
+
+    Mirrors scvi-tools' split (``ceil(train_size * cells)`` training cells): with too few cells
+    for the fraction, no validation cell is left and Lightning would fail with "An invalid
+    dataloader was returned from DataSplitter.val_dataloader()".
+    """
+    if train_size is None:
+        return
+    check_number(train_size, "train_size", minimum=0, maximum=1, exclusive_minimum=True)
+    if validation_size is not None:
+        check_number(validation_size, "validation_size", minimum=0, maximum=1)
+    n_train = math.ceil(train_size * n_cells)
+    n_val = n_cells - n_train if validation_size is None else math.floor(validation_size * n_cells)
+    if train_size < 1.0 and n_val == 0:
+        needed = next(n for n in range(n_cells + 1, 10**7) if n - math.ceil(train_size * n) > 0)
+        raise ValueError(
+            f"train_size={train_size} leaves no validation cell among {n_cells} cells. Pass "
+            f"train_size=1.0 to train on every cell without a validation set, or use at least "
+            f"{needed} cells."
+        )
 
 
 def check_plan_kwargs(plan_kwargs: dict) -> None:
@@ -86,6 +110,8 @@ class TrainingMixin:
         ``model.phase_history_[objective]`` holds this phase alone.
         """
         check_phase_arguments(max_epochs, batch_size, plan_kwargs)
+        if "external_indexing" not in (datasplitter_kwargs or {}):
+            check_split(self.adata.n_obs, train_size, validation_size)
         self._validate_anndata()
         if resume_from is not None:
             resume_from = resolve_checkpoint(resume_from, objective)
@@ -234,6 +260,7 @@ class TrainingMixin:
         if not 0.0 <= zero_mask_ratio < 1.0:
             raise ValueError(f"zero_mask_ratio must be in [0, 1), got {zero_mask_ratio}")
         check_phase_arguments(max_epochs, batch_size, plan_kwargs)
+        check_split(self.adata.n_obs, train_size, validation_size)
         if not self.is_trained_ and resume_from is None:
             self._initialize_from_data()
         return self._train_phase(
