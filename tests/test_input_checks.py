@@ -12,7 +12,7 @@ import torch
 import schyena_tools as st
 from schyena_tools.validation import BACKED_SAMPLE_ROWS, CountsWarning, MissingKeyError, check_anndata
 
-from ._helpers import SMALL, TINY, registered, setup_fails
+from ._helpers import SMALL, TINY, registered, setup_fails, unregistered_copy
 
 
 # ---------------------------------------------------------------- values of the counts matrix
@@ -49,6 +49,21 @@ def test_normalised_or_logged_values_are_an_error(zeisel_small, logged):
         sc.pp.log1p(zeisel_small)
     match = "looks log-transformed" if logged else "looks library-size normalised"
     setup_fails(zeisel_small, ValueError, match)
+
+
+def test_counts_in_adata_raw_are_offered_with_the_line_that_registers_them(zeisel_small):
+    import scanpy as sc
+
+    zeisel_small.raw = zeisel_small  # scanpy's layout: counts in .raw, processed values in .X
+    sc.pp.normalize_total(zeisel_small, target_sum=1e4)
+    sc.pp.log1p(zeisel_small)
+    setup_fails(zeisel_small, ValueError, r"adata.raw holds raw counts.*adata.raw\[:, adata.var_names\].X")
+    zeisel_small.layers["counts"] = zeisel_small.raw[:, zeisel_small.var_names].X  # the line works
+    st.SCHyena.setup_anndata(zeisel_small, layer="counts")
+    # .raw holding processed values too: not offered
+    other = unregistered_copy(zeisel_small)
+    other.raw = other
+    setup_fails(other, ValueError, r"^(?!.*adata.raw holds).*looks log-transformed")
 
 
 def test_fractional_counts_are_accepted_with_a_warning(zeisel_small):

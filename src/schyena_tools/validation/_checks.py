@@ -139,7 +139,26 @@ def _normalisation_kind(matrix, n_rows: int) -> str | None:
     return None
 
 
+def _raw_counts_hint(adata: AnnData) -> str | None:
+    """The one line that registers counts kept in ``adata.raw`` (scanpy's layout), if they are."""
+    raw = adata.raw
+    if raw is None or not adata.var_names.isin(raw.var_names).all():
+        return None
+    sample = raw[: min(raw.n_obs, 50), adata.var_names[: min(adata.n_vars, 2000)]].X
+    values = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
+    if values.size == 0 or values.min() < 0 or not np.allclose(values, np.round(values)):
+        return None
+    return (
+        "adata.raw holds raw counts for these genes: copy them into a layer and register it, "
+        "adata.layers['counts'] = adata.raw[:, adata.var_names].X; "
+        "setup_anndata(adata, layer='counts')."
+    )
+
+
 def _layer_hint(adata: AnnData) -> str:
+    from_raw = _raw_counts_hint(adata)
+    if from_raw:
+        return from_raw
     layers = list(adata.layers.keys())
     if layers:
         return (
