@@ -39,6 +39,12 @@ def test_train_records_losses_and_embeds(trained_small):
     model, adata = trained_small
     history = model.history
     assert "train_loss" in history and "validation_loss" in history
+    # only what this objective measures: no VAE terms (ELBO, KL, reconstruction) from scvi-tools
+    assert set(history) == {
+        f"{metric}_{split}"
+        for metric in ("masked_mse", "cell_mse", "masked_fraction")
+        for split in ("train", "validation")
+    } | {"train_loss", "validation_loss"}
     assert len(history["train_loss"]) == 2
     assert np.isfinite(history["train_loss"].to_numpy(dtype=float)).all()
     assert "pretrain" in model.phase_history_
@@ -97,10 +103,21 @@ def _same_weights(model, adata):
 
 
 def test_save_load_gives_identical_embeddings(trained_small, tmp_path):
+    import logging
+
     model, adata = trained_small
     before = model.get_latent_representation()
     model.save(tmp_path / "model")
-    loaded = st.SCHyena.load(tmp_path / "model", adata=adata)
+    # scvi-tools' "File .../model.pt already downloaded" on every local load: not shown
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logging.getLogger("scvi.data._download").addHandler(handler)
+    try:
+        loaded = st.SCHyena.load(tmp_path / "model", adata=adata)
+    finally:
+        logging.getLogger("scvi.data._download").removeHandler(handler)
+    assert not [r for r in records if "already downloaded" in r.getMessage()]
     np.testing.assert_array_equal(loaded.get_latent_representation(), before)
     assert list(loaded.gene_vocabulary) == list(adata.var_names)
     assert "pretrain" in loaded.phase_history_

@@ -8,6 +8,7 @@ single place that reads and checks one, used by :meth:`SaveLoadMixin.load`,
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -194,15 +195,22 @@ class SaveLoadMixin:
                 problem = gene_mismatch(saved["var_names"], adata.var_names)
                 if problem:
                     raise ValueError(f"cannot load {str(dir_path)!r} onto this AnnData: {problem}")
-        return super().load(
-            str(dir_path),
-            adata=adata,
-            accelerator=accelerator,
-            device=device,
-            prefix=prefix,
-            backup_url=backup_url,
-            **kwargs,
-        )
+        # scvi-tools logs "File .../model.pt already downloaded" for every local load: not news.
+        download_logger = logging.getLogger("scvi.data._download")
+        level = download_logger.level
+        download_logger.setLevel(max(level, logging.WARNING))
+        try:
+            return super().load(
+                str(dir_path),
+                adata=adata,
+                accelerator=accelerator,
+                device=device,
+                prefix=prefix,
+                backup_url=backup_url,
+                **kwargs,
+            )
+        finally:
+            download_logger.setLevel(level)
 
     @classmethod
     def check_saved_model(cls, dir_path: str | os.PathLike, prefix: str | None = None) -> dict:

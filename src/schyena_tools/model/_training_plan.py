@@ -18,7 +18,8 @@ user's call stays the plain one:
    gradient; ``"ddp_find_unused_parameters_true"`` allows them.
 3. scvi-tools' ``TrainingPlan.compute_and_log_metrics`` runs under ``torch.inference_mode()``;
    Lightning's cross-process reduction of the logged metrics then updates an inference tensor
-   in place and fails. :class:`SCHyenaTrainingPlan` logs under ``torch.no_grad()`` instead.
+   in place and fails. :class:`SCHyenaTrainingPlan` logs under ``torch.no_grad()`` instead (and
+   only its own metrics: no VAE terms).
 """
 
 from __future__ import annotations
@@ -122,12 +123,30 @@ class SCHyenaTrainingPlan(TrainingPlan):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):
-        """Log the loss and extra metrics as scvi-tools does, without ``inference_mode``."""
-        undecorated = getattr(TrainingPlan.compute_and_log_metrics, "__wrapped__", None)
-        if undecorated is None:  # a scvi-tools release without the inference_mode decorator
-            return super().compute_and_log_metrics(loss_output, metrics, mode)
+        """Log the objective's own metrics (``masked_mse_train``, ``accuracy_validation``...).
+
+        Replaces scvi-tools' version, which also logs a VAE's ELBO, KL terms and reconstruction
+        loss (``elbo_*``, ``kl_local_*``, ``kl_global_*``, ``reconstruction_loss_*``): here they
+        mean nothing (the KL terms are always 0, the reconstruction loss is the loss), and they
+        cluttered ``model.history``. The loss itself is logged by the training and validation
+        steps (``train_loss``, ``validation_loss``). Logged under ``torch.no_grad()``, not
+        ``inference_mode`` (see the module notes: DDP's metric reduction).
+        """
         with torch.no_grad():
-            return undecorated(self, loss_output, metrics, mode)
+            for key in loss_output.extra_metrics_keys:
+                value = loss_output.extra_metrics[key]
+                if isinstance(value, torch.Tensor):
+                    if value.dim() != 0:
+                        continue  # only scalars are metrics
+                    value = value.detach()
+                self.log(
+                    f"{key}_{mode}",
+                    value,
+                    on_step=self.on_step,
+                    on_epoch=self.on_epoch,
+                    batch_size=loss_output.n_obs_minibatch,
+                    sync_dist=self.use_sync_dist,
+                )
 
 
 def lr_factor(step: int, total_steps: int, warmup_fraction: float, cosine_decay: bool) -> float:
