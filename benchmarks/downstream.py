@@ -300,29 +300,19 @@ def run(settings: dict, mode: str):
             if target == "level1class":
                 confusion_truth, confusion_pred = pooled["scHyena (pre-trained)"]
             # Ablations on the first folds: the 2,000-HVG panel, and no pre-training.
-            ablations = {"scHyena (pre-trained, 2000 HVG)": schyena(zeisel_hvg, reference)}
-            ablation_genes = {"scHyena (pre-trained, 2000 HVG)": f"{N_HVG} HVG"}
-            classification_rows(
-                results,
-                "classification",
-                "Zeisel 3005",
-                target,
-                labels,
-                splits[:hvg_folds],
-                ablations,
-                ablation_genes,
+            ablation_rows = partial(
+                classification_rows, results, "classification", "Zeisel 3005", target, labels
+            )
+            hvg_name = "scHyena (pre-trained, 2000 HVG)"
+            ablation_rows(
+                splits[:hvg_folds], {hvg_name: schyena(zeisel_hvg, reference)}, {hvg_name: f"{N_HVG} HVG"}
             )
             if settings["ablation_folds"] and target == "level1class":
-                ablation = {"scHyena (no pre-training)": schyena(zeisel, list(zeisel.var_names))}
-                classification_rows(
-                    results,
-                    "classification",
-                    "Zeisel 3005",
-                    target,
-                    labels,
+                name = "scHyena (no pre-training)"
+                ablation_rows(
                     splits[: settings["ablation_folds"]],
-                    ablation,
-                    {"scHyena (no pre-training)": "4000"},
+                    {name: schyena(zeisel, list(zeisel.var_names))},
+                    {name: "4000"},
                 )
         del scvi_zeisel, reference_all
 
