@@ -173,3 +173,22 @@ def test_inference_restores_the_mode_it_found(trained_small):
     model.module.eval()
     model.get_latent_representation()
     assert not model.module.training
+
+
+def test_training_shows_no_lightning_product_tips(zeisel_small):
+    import logging
+
+    st.SCHyena.setup_anndata(zeisel_small)
+    model = st.SCHyena(zeisel_small, **TINY)
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_log.addHandler(handler)
+    try:
+        model.train(max_epochs=1, batch_size=35, enable_progress_bar=False)
+    finally:
+        lightning_log.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert messages, "Lightning's own info (GPU available...) still reaches the log"
+    assert not [m for m in messages if "Tip" in m], messages

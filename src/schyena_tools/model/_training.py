@@ -8,6 +8,7 @@ Every phase (pre-training here; classification and imputation in their own files
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -35,6 +36,25 @@ DEFAULT_BATCH_SIZE = 16
 #: move. Measured on 200 Zeisel cells x 2,000 genes, 10 epochs: the cell-embedding head's
 #: error fell 2% below the per-gene-mean baseline with eps=0.01 and 19% with 1e-8.
 DEFAULT_PLAN_KWARGS = {"optimizer": "AdamW", "lr": 1e-3, "weight_decay": 1e-2, "eps": 1e-8}
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising ("💡 Tip: ... try installing litlogger ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _without_lightning_tips():
+    """While a Trainer is built: Lightning's info log without its product tips."""
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tips = _DropTips()
+    lightning_log.addFilter(tips)
+    try:
+        yield
+    finally:
+        lightning_log.removeFilter(tips)
 
 
 def check_phase_arguments(max_epochs, batch_size, plan_kwargs: dict | None) -> None:
@@ -143,15 +163,16 @@ class TrainingMixin:
         if train_size is None or train_size < 1.0:
             # Report the validation loss every epoch (scvi-tools only does when early stopping).
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        runner = self._train_runner_cls(
-            self,
-            training_plan=training_plan,
-            data_splitter=datamodule,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            **trainer_kwargs,
-        )
+        with _without_lightning_tips():
+            runner = self._train_runner_cls(
+                self,
+                training_plan=training_plan,
+                data_splitter=datamodule,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                **trainer_kwargs,
+            )
         was_trained = bool(self.is_trained_)
         # scvi-tools leaves the module in eval mode after training and inference switches it
         # too: without this, a second training phase would run with dropout off and with the
