@@ -165,6 +165,21 @@ def test_help_and_version_do_not_import_torch(argv):
         assert f"schyena-tools {__version__}" in result.stdout
 
 
+def test_demo_help_shows_the_defaults(capsys):
+    from schyena_tools.demo import DEMO_SETTINGS
+
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, key in (
+        ("--max-epochs", "max_epochs"),
+        ("--d-model", "d_model"),
+        ("--batch-size", "batch_size"),
+    ):
+        assert f"{option} {option.strip('-').upper().replace('-', '_')}" in text
+        assert f"(default: {DEMO_SETTINGS[key]})" in text
+
+
 def test_package_attributes_load_on_first_use():
     import schyena_tools as st
 

@@ -319,12 +319,34 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: schyena-tools demo --out schyena_demo_output",
     )
     demo.add_argument("--out", default="schyena_demo_output", help="output folder (default: %(default)s)")
-    demo.add_argument("--max-epochs", type=int, default=DEMO_SETTINGS["max_epochs"])
-    demo.add_argument("--d-model", type=int, default=DEMO_SETTINGS["d_model"])
-    demo.add_argument("--n-layers", type=int, default=DEMO_SETTINGS["n_layers"])
-    demo.add_argument("--batch-size", type=int, default=DEMO_SETTINGS["batch_size"])
-    demo.add_argument("--n-cells", type=int, default=None, help="use a random subset of cells (quick check)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--max-epochs",
+        type=int,
+        default=DEMO_SETTINGS["max_epochs"],
+        help="pre-training epochs (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--d-model",
+        type=int,
+        default=DEMO_SETTINGS["d_model"],
+        help="width of the network (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--n-layers", type=int, default=DEMO_SETTINGS["n_layers"], help="Hyena blocks (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEMO_SETTINGS["batch_size"],
+        help="cells per minibatch (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--n-cells",
+        type=int,
+        default=None,
+        help="use a random subset of cells (quick check; default: all 550)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(handler=_demo)
 
