@@ -319,27 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: schyena-tools demo --out schyena_demo_output",
     )
     demo.add_argument("--out", default="schyena_demo_output", help="output folder (default: %(default)s)")
-    demo.add_argument(
-        "--max-epochs",
-        type=int,
-        default=DEMO_SETTINGS["max_epochs"],
-        help="pre-training epochs (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--d-model",
-        type=int,
-        default=DEMO_SETTINGS["d_model"],
-        help="width of the network (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--n-layers", type=int, default=DEMO_SETTINGS["n_layers"], help="Hyena blocks (default: %(default)s)"
-    )
-    demo.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEMO_SETTINGS["batch_size"],
-        help="cells per minibatch (default: %(default)s)",
-    )
+    for flag, key, what in (
+        ("--max-epochs", "max_epochs", "pre-training epochs"),
+        ("--d-model", "d_model", "width of the network"),
+        ("--n-layers", "n_layers", "Hyena blocks"),
+        ("--batch-size", "batch_size", "cells per minibatch"),
+    ):
+        demo.add_argument(flag, type=int, default=DEMO_SETTINGS[key], help=f"{what} (default: %(default)s)")
     demo.add_argument(
         "--n-cells",
         type=int,

@@ -12,6 +12,8 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
+from schyena_tools.validation import check_number
+
 from ._checkpoint import RestoreBestWeights
 from ._linear_readout import fit_linear_readout, probe_cells
 from ._training import DEFAULT_BATCH_SIZE, check_plan_kwargs
@@ -198,12 +200,14 @@ class ClassificationMixin:
 
         """
         labelled = self._check_classifier_labels()
-        if max_epochs is not None and (int(max_epochs) != max_epochs or max_epochs < 0):
-            raise ValueError(f"max_epochs must be a non-negative integer or None, got {max_epochs!r}")
+        if max_epochs is not None:
+            check_number(
+                max_epochs, "max_epochs", integer=True, minimum=0, meaning=" (non-negative, or None)"
+            )
         if max_epochs == 0 and not linear_probe:
             raise ValueError("max_epochs=0 trains nothing without the linear probe; pass linear_probe=True.")
-        if linear_probe and not probe_penalty > 0:
-            raise ValueError(f"probe_penalty must be positive, got {probe_penalty!r}")
+        if linear_probe:
+            check_number(probe_penalty, "probe_penalty", minimum=0, exclusive_minimum=True)
         if not 0.0 < train_size <= 1.0:
             raise ValueError(f"train_size must be in (0, 1], got {train_size}")
         # Explicit split of the labelled cells; unlabelled ones go to the (unused) test set so

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nn import CellTypeClassifier
+from ..validation import check_number
 
 #: Labelled cells the probe is fitted on at most (a random subset beyond that): the features
 #: of every probed cell are held in memory, ``cells x genes`` floats.
@@ -64,8 +65,7 @@ def fit_linear_readout(
         L-BFGS iterations at most.
 
     """
-    if penalty <= 0:
-        raise ValueError(f"penalty must be positive, got {penalty}")
+    check_number(penalty, "penalty", minimum=0, exclusive_minimum=True)
     cell_embedding, expression = cell_embedding.float().cpu(), expression.float().cpu()
     labels = labels.long().cpu()
     device = head.cell_linear.weight.device

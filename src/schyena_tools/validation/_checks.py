@@ -400,14 +400,13 @@ def check_number(
         raise ValueError(f"{argument} must be {kind}{meaning}, got {value!r}.")
     low = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
     high = maximum is not None and (value >= maximum if exclusive_maximum else value > maximum)
-    if low or high:
-        left = "" if minimum is None else ("(" if exclusive_minimum else "[") + f"{minimum:g}"
-        right = "" if maximum is None else f"{maximum:g}" + (")" if exclusive_maximum else "]")
-        bounds = (
-            f"in {left}, {right}"
-            if minimum is not None and maximum is not None
-            else (f"> {minimum:g}" if exclusive_minimum else f">= {minimum:g}")
-            if minimum is not None
-            else (f"< {maximum:g}" if exclusive_maximum else f"<= {maximum:g}")
-        )
-        raise ValueError(f"{argument} must be {bounds}{meaning}, got {value!r}.")
+    if not (low or high):
+        return
+    if minimum is not None and maximum is not None:
+        opening, closing = "(" if exclusive_minimum else "[", ")" if exclusive_maximum else "]"
+        bounds = f"in {opening}{minimum:g}, {maximum:g}{closing}"
+    elif minimum is not None:
+        bounds = f"{'>' if exclusive_minimum else '>='} {minimum:g}"
+    else:
+        bounds = f"{'<' if exclusive_maximum else '<='} {maximum:g}"
+    raise ValueError(f"{argument} must be {bounds}{meaning}, got {value!r}.")
