@@ -188,3 +188,53 @@ def test_package_attributes_load_on_first_use():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         st.nope  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["embed", "model", "in.h5ad", "-o", "out.h5ad", "--batch-size", "0"],
+            "--batch-size: must be at least 1",
+        ),
+        (["pretrain", "in.h5ad", "-o", "o.h5ad", "--model-out", "m", "--max-epochs", "0"], "--max-epochs"),
+        (
+            ["pretrain", "in.h5ad", "-o", "o.h5ad", "--model-out", "m", "--mask-ratio", "1.5"],
+            "between 0 and 1",
+        ),
+        (["pretrain", "in.h5ad", "-o", "o.h5ad", "--model-out", "m", "--d-model", "0"], "--d-model"),
+        (
+            ["annotate", "model", "in.h5ad", "-o", "o.h5ad", "--labels-key", "x", "--max-epochs", "-1"],
+            "at least 0",
+        ),
+        (["demo", "--n-cells", "zero"], "is not an integer"),
+    ],
+)
+def test_bad_numbers_are_rejected_before_any_file_or_torch_is_touched(argv, message):
+    import subprocess
+    import sys
+
+    # in.h5ad and the model do not exist: a number error first means nothing was read or loaded
+    code = (
+        "import sys\nfrom schyena_tools import cli\n"
+        "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit as stop:\n    print('exit', stop.code)\n"
+        "print('heavy:', sorted(m for m in ('torch', 'scvi', 'anndata') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert "exit 2" in result.stdout and "heavy: []" in result.stdout, result.stdout + result.stderr
+    assert message in result.stderr
+
+
+def test_log_normalised_x_with_a_counts_layer_names_the_layer_option(brain_h5ad, tmp_path, capsys):
+    import scanpy as sc
+
+    adata = ad.read_h5ad(brain_h5ad)  # holds layers["counts"]
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    path = tmp_path / "lognorm.h5ad"
+    adata.write_h5ad(path)
+    argv = ["pretrain", str(path), "-o", str(tmp_path / "o.h5ad"), "--model-out", str(tmp_path / "m")]
+    assert cli.main([*argv, *TINY_CLI]) == 2
+    line = _error_line(capsys)
+    assert "--layer counts" in line and "setup_anndata" not in line
+    assert not (tmp_path / "m").exists()

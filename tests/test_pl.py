@@ -46,6 +46,26 @@ def test_training_history_draws_every_phase_in_sequence():
     assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["train", "validation"]
 
 
+def test_training_history_after_one_epoch_phases_in_a_subplot_grid():
+    import matplotlib.pyplot as plt
+
+    phases = {"pretrain": _history([3.0], [3.1]), "classifier": _history([1.0], [1.1])}
+    fig, axes = plt.subplots(2, 2, figsize=(8, 6))
+    ax = st.pl.training_history(phases, ax=axes[0, 1])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    for text in ax.texts:  # every phase name inside its own panel
+        extent = text.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1, text.get_text()
+    # the panel keeps the size of its neighbours (nothing drawn outside it pushed it around)
+    assert np.isclose(box.width, axes[0, 0].get_window_extent(renderer).width)
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)  # whole epochs only
+    plt.close(fig)
+
+
 def test_training_history_of_a_trained_model(trained_small):
     model, _ = trained_small
     ax = st.pl.training_history(model)

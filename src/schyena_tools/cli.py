@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 #: Name under which ``--model`` finds the model shipped with the package.
@@ -83,6 +84,15 @@ def _read(path: Path, args: argparse.Namespace):
     return adata
 
 
+def _check_counts(adata, args: argparse.Namespace) -> None:
+    """The counts of the file as read (not of the working copy, which has no layers to offer),
+    with the fix named as this command's option (``--layer counts``).
+    """
+    from schyena_tools.validation import check_anndata
+
+    check_anndata(adata, layer=getattr(args, "layer", None), layer_fix=lambda name: f"--layer {name}")
+
+
 def _working_copy(adata, args: argparse.Namespace, keep_obs: tuple[str | None, ...] = ()):
     """A light AnnData for the model (counts and the needed obs columns only).
 
@@ -107,6 +117,33 @@ def _trainer_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
+def _integer(minimum: int):
+    """An argparse type: an integer of at least ``minimum``, else a usage error at parse time."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value:g}")
+    return value
+
+
 def _devices(text: str):
     """``--devices``: "auto", a count ("2") or a list of ids ("0,1")."""
     if text == "auto":
@@ -117,8 +154,6 @@ def _devices(text: str):
 
 
 def _load_model_onto(model_folder: Path, work, args: argparse.Namespace):
-    import warnings
-
     from schyena_tools.pretrained import load_model
 
     _say(f"loading model {model_folder}", args)
@@ -150,6 +185,7 @@ def _run_on_file(
     model_folder = _check_model(args.model) if getattr(args, "model", None) else None
     started = time.perf_counter()
     adata = _read(source, args)
+    _check_counts(adata, args)
     if check_input is not None:
         check_input(adata)
     import scvi
@@ -158,8 +194,13 @@ def _run_on_file(
 
     if hasattr(args, "seed"):
         scvi.settings.seed = args.seed
+    from schyena_tools.validation import CountsWarning
+
     work = _working_copy(adata, args, keep_obs)
-    SCHyena.setup_anndata(work, **setup_kwargs)
+    with warnings.catch_warnings():
+        # _check_counts showed them already, for the file as read
+        warnings.simplefilter("ignore", CountsWarning)
+        SCHyena.setup_anndata(work, **setup_kwargs)
     model = _load_model_onto(model_folder, work, args) if model_folder is not None else None
     work_on(adata, work, model)
     _say(f"writing {output}", args)
@@ -203,7 +244,9 @@ def _pretrain(args: argparse.Namespace) -> None:
         _say(f"saving model to {model_out}", args)
         model.save(str(model_out), overwrite=True)
         _say("embedding cells", args)
-        adata.obsm["X_schyena"] = model.get_latent_representation(batch_size=args.batch_size)
+        adata.obsm["X_schyena"] = model.get_latent_representation(
+            batch_size=args.batch_size, progress_bar=not args.quiet
+        )
 
     _run_on_file(args, work_on, keep_obs=(args.batch_key,), batch_key=args.batch_key)
 
@@ -211,7 +254,9 @@ def _pretrain(args: argparse.Namespace) -> None:
 def _embed(args: argparse.Namespace) -> None:
     def work_on(adata, work, model):
         _say(f"embedding {work.n_obs} cells", args)
-        adata.obsm["X_schyena"] = model.get_latent_representation(batch_size=args.batch_size)
+        adata.obsm["X_schyena"] = model.get_latent_representation(
+            batch_size=args.batch_size, progress_bar=not args.quiet
+        )
 
     _run_on_file(args, work_on)
 
@@ -223,7 +268,9 @@ def _annotate(args: argparse.Namespace) -> None:
         _say(f"training a classifier on {len(labelled)} labelled cells", args)
         model.train_classifier(**_trainer_kwargs(args))
         _say(f"predicting {work.n_obs} cells", args)
-        predicted, confidence = model.predict(batch_size=args.batch_size, return_confidence=True)
+        predicted, confidence = model.predict(
+            batch_size=args.batch_size, return_confidence=True, progress_bar=not args.quiet
+        )
         adata.obs["schyena_prediction"] = predicted.astype(str)
         adata.obs["schyena_prediction"] = adata.obs["schyena_prediction"].astype("category")
         adata.obs["schyena_confidence"] = confidence.astype("float32")
@@ -257,7 +304,11 @@ def _impute(args: argparse.Namespace) -> None:
         # One column per gene of the input: genes outside the model's vocabulary keep their
         # observed log-normalised values, and var["schyena_imputed"] says which were imputed.
         imputed = model.get_imputed_expression(
-            batch_size=args.batch_size, keep_observed=not args.denoise, all_genes=True, return_numpy=True
+            batch_size=args.batch_size,
+            keep_observed=not args.denoise,
+            all_genes=True,
+            return_numpy=True,
+            progress_bar=not args.quiet,
         )
         adata.layers["schyena_imputed"] = imputed
         adata.var["schyena_imputed"] = adata.var_names.isin(model.gene_vocabulary)
@@ -272,15 +323,21 @@ def _impute(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------- parser
 def _add_training_options(parser: argparse.ArgumentParser, max_epochs: int, what: str) -> None:
-    parser.add_argument("--max-epochs", type=int, default=max_epochs, help=f"{what} (default: %(default)s)")
+    # Pre-training needs at least one epoch; fine-tuning commands accept 0 (the model as it is).
     parser.add_argument(
-        "--batch-size", type=int, default=16, help="cells per minibatch (default: %(default)s)"
+        "--max-epochs",
+        type=_integer(min(max_epochs, 1)),
+        default=max_epochs,
+        help=f"{what} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_integer(1), default=16, help="cells per minibatch (default: %(default)s)"
     )
     parser.add_argument("--accelerator", default="auto", help="'cpu', 'gpu' or 'auto' (default: %(default)s)")
     parser.add_argument(
         "--devices", type=_devices, default="auto", help="'auto', a number of devices or ids like '0,1'"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--seed", type=_integer(0), default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages or bars")
 
 
@@ -325,14 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("--n-layers", "n_layers", "Hyena blocks"),
         ("--batch-size", "batch_size", "cells per minibatch"),
     ):
-        demo.add_argument(flag, type=int, default=DEMO_SETTINGS[key], help=f"{what} (default: %(default)s)")
+        demo.add_argument(
+            flag, type=_integer(1), default=DEMO_SETTINGS[key], help=f"{what} (default: %(default)s)"
+        )
     demo.add_argument(
         "--n-cells",
-        type=int,
+        type=_integer(1),
         default=None,
         help="use a random subset of cells (quick check; default: all 550)",
     )
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    demo.add_argument("--seed", type=_integer(0), default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(handler=_demo)
 
@@ -350,12 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--overwrite", action="store_true", help="replace an existing --model-out folder")
     pretrain.add_argument("--batch-key", default=None, help="obs column of batches (registered, optional)")
     pretrain.add_argument(
-        "--d-model", type=int, default=64, help="channels per gene token (default: %(default)s)"
+        "--d-model", type=_integer(1), default=64, help="channels per gene token (default: %(default)s)"
     )
-    pretrain.add_argument("--n-layers", type=int, default=2, help="Hyena blocks (default: %(default)s)")
+    pretrain.add_argument(
+        "--n-layers", type=_integer(1), default=2, help="Hyena blocks (default: %(default)s)"
+    )
     pretrain.add_argument(
         "--mask-ratio",
-        type=float,
+        type=_fraction,
         default=0.15,
         help="fraction of non-zero values hidden (default: %(default)s)",
     )
@@ -374,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_io(embed, model=True)
     embed.add_argument(
-        "--batch-size", type=int, default=16, help="cells per minibatch (default: %(default)s)"
+        "--batch-size", type=_integer(1), default=16, help="cells per minibatch (default: %(default)s)"
     )
     embed.add_argument("--quiet", action="store_true", help="no progress messages")
     embed.set_defaults(handler=_embed)

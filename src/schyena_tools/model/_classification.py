@@ -16,6 +16,7 @@ from schyena_tools.validation import check_number
 
 from ._checkpoint import RestoreBestWeights
 from ._linear_readout import fit_linear_readout, probe_cells
+from ._results import check_keys_free, store
 from ._training import DEFAULT_BATCH_SIZE, check_plan_kwargs
 from ._training_plan import is_distributed
 
@@ -254,7 +255,12 @@ class ClassificationMixin:
         check_plan_kwargs(plan)  # before the probe: no work is done with a bad setting
 
         if linear_probe:
-            self._fit_linear_probe(probe_cells(train_idx, settings.seed), batch_size, probe_penalty)
+            self._fit_linear_probe(
+                probe_cells(train_idx, settings.seed),
+                batch_size,
+                probe_penalty,
+                show_progress=trainer_kwargs.get("enable_progress_bar", True),
+            )
         if max_epochs == 0:
             self.is_classifier_trained_ = True
             self.classifier_best_epoch_ = None
@@ -292,11 +298,14 @@ class ClassificationMixin:
         )
         return result
 
-    def _fit_linear_probe(self, cells: np.ndarray, batch_size: int | None, penalty: float) -> None:
+    def _fit_linear_probe(
+        self, cells: np.ndarray, batch_size: int | None, penalty: float, show_progress: bool = True
+    ) -> None:
         """Fit the head's linear readout on the frozen encoder's features of ``cells``."""
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
         embeddings, values, missing = [], [], None
-        for _, out in self._inference_batches(self.adata, cells, batch_size):
+        description = "Linear probe: encoding the labelled cells" if show_progress else None
+        for _, out in self._inference_batches(self.adata, cells, batch_size, description):
             embeddings.append(out["cell_embedding"].float().cpu())
             values.append(out["values"].float().cpu())
             missing = out["missing"]
@@ -328,11 +337,13 @@ class ClassificationMixin:
             )
 
     # ------------------------------------------------------------------ prediction
-    def _class_probabilities(self, adata: AnnData, indices, batch_size: int | None) -> np.ndarray:
+    def _class_probabilities(
+        self, adata: AnnData, indices, batch_size: int | None, progress_bar: str | None = None
+    ) -> np.ndarray:
         """Softmax of the classification head for validated ``adata``, ``(cells, classes)``."""
         chunks = [
             torch.softmax(out["logits"].float(), dim=1).cpu().numpy()
-            for _, out in self._inference_batches(adata, indices, batch_size)
+            for _, out in self._inference_batches(adata, indices, batch_size, progress_bar)
         ]
         return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(self._label_classes())))
 
@@ -343,6 +354,9 @@ class ClassificationMixin:
         soft: bool = False,
         batch_size: int | None = None,
         return_confidence: bool = False,
+        progress_bar: bool = True,
+        key_added: str | None = None,
+        overwrite: bool = False,
     ) -> np.ndarray | pd.DataFrame | tuple[np.ndarray, np.ndarray]:
         """Predict cell types with the classification head (see :meth:`train_classifier`).
 
@@ -358,13 +372,23 @@ class ClassificationMixin:
             Cells per chunk (default 16).
         return_confidence
             With hard labels, also return each cell's confidence: the largest class probability.
+        progress_bar
+            Show a progress bar over the minibatches.
+        key_added
+            Also write the results into ``adata.obs``: ``f"{key_added}_prediction"`` (the labels,
+            categorical) and ``f"{key_added}_confidence"`` (e.g. ``key_added="schyena"``, the
+            keys the command line writes). Not with ``soft``; checked before any work: the
+            columns must not exist (unless ``overwrite``) and ``indices`` must be ``None``.
+        overwrite
+            Replace existing columns.
 
         Returns
         -------
         ``soft=False``: array of label strings, one per cell (and, with ``return_confidence``,
         a float array of confidences). ``soft=True``: DataFrame cells x classes of
         probabilities (rows sum to 1), indexed by ``obs_names``.
-        Nothing is written into ``adata``; the documented place to store the results is::
+        Nothing is written into ``adata`` unless ``key_added`` is given;
+        ``model.predict(key_added="schyena")`` stores the results, as does::
 
             labels, confidence = model.predict(return_confidence=True)
             adata.obs["schyena_prediction"] = labels
@@ -379,12 +403,23 @@ class ClassificationMixin:
             )
         if not getattr(self, "is_classifier_trained_", False):
             raise RuntimeError("the classification head is untrained; call model.train_classifier() first.")
+        destination = self.adata if adata is None else adata
+        columns = [f"{key_added}_prediction", f"{key_added}_confidence"]
+        if key_added is not None:
+            if soft:
+                raise ValueError("key_added writes labels and confidences; it cannot be used with soft=True.")
+            check_keys_free(destination, "obs", columns, overwrite, indices)
         target = self._validate_anndata(adata)
-        probabilities = self._class_probabilities(target, indices, batch_size)
+        probabilities = self._class_probabilities(
+            target, indices, batch_size, progress_bar="Predicting" if progress_bar else None
+        )
         if soft:
             names = target.obs_names if indices is None else target.obs_names[np.asarray(indices)]
             return pd.DataFrame(probabilities, index=names, columns=classes)
         labels = np.asarray(classes, dtype=object)[probabilities.argmax(1)]
+        if key_added is not None:
+            store(destination, "obs", columns[0], pd.Categorical(labels.astype(str), categories=classes))
+            store(destination, "obs", columns[1], probabilities.max(1).astype(np.float32))
         if return_confidence:
             return labels, probabilities.max(1)
         return labels

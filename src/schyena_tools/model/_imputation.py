@@ -11,6 +11,7 @@ from anndata import AnnData
 
 from schyena_tools.module import log_normalize
 
+from ._results import check_keys_free, store
 from ._vocabulary import output_columns
 
 
@@ -27,6 +28,7 @@ class ImputationMixin:
         max_epochs: int = 10,
         batch_size: int | None = None,
         dropout_ratio: float = 0.1,
+        zero_score_ratio: float | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         accelerator: str = "auto",
@@ -54,6 +56,10 @@ class ImputationMixin:
             Cells per minibatch (default 16).
         dropout_ratio
             Fraction of each cell's non-zero counts hidden per step.
+        zero_score_ratio
+            ``None``: every true zero is scored, as its own group (above). A fraction: only that
+            random share of the true zeros is scored, pooled with the dropped entries in one
+            mean, as in scMamba's recipe (``dropout_ratio=0.4, zero_score_ratio=0.04``).
         lr, weight_decay
             AdamW learning rate and weight decay.
         accelerator, devices
@@ -68,9 +74,14 @@ class ImputationMixin:
         """
         if not 0.0 < dropout_ratio < 1.0:
             raise ValueError(f"dropout_ratio must be between 0 and 1 (exclusive), got {dropout_ratio}")
+        if zero_score_ratio is not None and not 0.0 < zero_score_ratio <= 1.0:
+            raise ValueError(f"zero_score_ratio must be in (0, 1] or None, got {zero_score_ratio}")
+        inference_kwargs = {"dropout_ratio": dropout_ratio}
+        if zero_score_ratio is not None:
+            inference_kwargs["zero_score_ratio"] = zero_score_ratio
         result = self._train_phase(
             "impute",
-            inference_kwargs={"dropout_ratio": dropout_ratio},
+            inference_kwargs=inference_kwargs,
             max_epochs=max_epochs,
             batch_size=batch_size,
             accelerator=accelerator,
@@ -95,6 +106,9 @@ class ImputationMixin:
         count_scale: bool = False,
         return_numpy: bool = False,
         all_genes: bool | None = None,
+        progress_bar: bool = True,
+        key_added: str | None = None,
+        overwrite: bool = False,
     ) -> pd.DataFrame | np.ndarray:
         """Impute every gene of every cell (dropout recovery).
 
@@ -131,21 +145,39 @@ class ImputationMixin:
             their observed log-normalised values (on the count scale with ``count_scale``).
             Genes that were imputed are ``adata.var_names.isin(model.gene_vocabulary)``.
             ``False``: only the genes of ``adata`` in the vocabulary. Not with ``gene_list``.
+        progress_bar
+            Show a progress bar over the minibatches.
+        key_added
+            Also write the result into ``adata.layers[key_added]`` (e.g. ``"schyena_imputed"``),
+            one column per gene of ``adata``. Not with ``gene_list`` or ``all_genes=False``;
+            checked before any work: the layer must not exist (unless ``overwrite``) and
+            ``indices`` must be ``None``.
+        overwrite
+            Replace an existing layer.
 
         Returns
         -------
         Cells x genes, log-normalised (``log1p(count / library * target_sum)``) unless
-        ``count_scale``. Nothing is written into ``adata``; the documented place to store it is
-        ``adata.layers["schyena_imputed"] = model.get_imputed_expression(return_numpy=True)``,
-        which works on any gene panel.
+        ``count_scale``. Nothing is written into ``adata`` unless ``key_added`` is given;
+        ``model.get_imputed_expression(key_added="schyena_imputed")`` or
+        ``adata.layers["schyena_imputed"] = model.get_imputed_expression(return_numpy=True)``
+        store it, on any gene panel.
 
         """
         self._check_if_trained(warn=True)
-        target = self._validate_anndata(adata)
         if all_genes and gene_list is not None:
             raise ValueError("pass either gene_list or all_genes=True, not both.")
         if all_genes is None:
             all_genes = gene_list is None
+        destination = self.adata if adata is None else adata
+        if key_added is not None:
+            if not all_genes:
+                raise ValueError(
+                    "key_added writes a layer, which needs one column per gene of adata: "
+                    "drop gene_list / all_genes=False, or take the returned DataFrame."
+                )
+            check_keys_free(destination, "layers", [key_added], overwrite, indices)
+        target = self._validate_anndata(adata)
         gene_index = None if self.module.gene_index is None else self.module.gene_index.cpu().numpy()
         vocab_positions, names = output_columns(gene_index, self.gene_vocabulary, target.var_names, gene_list)
         positions = torch.as_tensor(vocab_positions, dtype=torch.long)
@@ -153,7 +185,9 @@ class ImputationMixin:
         if all_genes:
             names = pd.Index(target.var_names)
         chunks = []
-        for counts, out in self._inference_batches(target, indices, batch_size, mask_zeros=True):
+        for counts, out in self._inference_batches(
+            target, indices, batch_size, progress_bar="Imputing" if progress_bar else None, mask_zeros=True
+        ):
             prediction = out["predicted_expression"].float().clamp_min(0.0)
             if keep_observed:
                 observed = out["values"]
@@ -167,6 +201,8 @@ class ImputationMixin:
                 prediction = torch.expm1(prediction) * library / self.module.target_sum
             chunks.append(prediction.cpu().numpy().astype(np.float32))
         result = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(names)), np.float32)
+        if key_added is not None:
+            store(destination, "layers", key_added, result)
         if return_numpy:
             return result
         cells = target.obs_names if indices is None else target.obs_names[np.asarray(indices)]

@@ -29,7 +29,9 @@ from schyena_tools.validation import check_anndata, check_batch_size, check_numb
 
 from ._classification import ClassificationMixin
 from ._imputation import ImputationMixin
+from ._progress import progress
 from ._query import QueryMixin
+from ._results import check_keys_free, store
 from ._save_load import SAVE_FORMAT_VERSION, SaveLoadMixin, package_version
 from ._training import DEFAULT_BATCH_SIZE, TrainingMixin
 from ._training_plan import SCHyenaTrainingPlan
@@ -251,13 +253,19 @@ class SCHyena(ClassificationMixin, ImputationMixin, TrainingMixin, SaveLoadMixin
 
     # ------------------------------------------------------------------ inference
     def _inference_batches(
-        self, adata: AnnData, indices: Sequence[int] | None, batch_size: int | None, **inference_kwargs
+        self,
+        adata: AnnData,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        progress_bar: str | None = None,
+        **inference_kwargs,
     ) -> Iterator[tuple[torch.Tensor, dict]]:
         """The one inference loop: ``(counts, module.inference(counts, ...))`` per minibatch.
 
         ``adata`` is the already validated AnnData (each public call validates once). No random
         masking, no gradient; the module is in eval mode while the loop runs and gets its
         earlier mode back afterwards, so a later ``train*`` call trains with dropout on.
+        ``progress_bar``: the description of a bar over the minibatches; ``None``: no bar.
         """
         check_batch_size(batch_size)
         loader = self._make_data_loader(
@@ -267,7 +275,7 @@ class SCHyena(ClassificationMixin, ImputationMixin, TrainingMixin, SaveLoadMixin
         self.module.eval()
         try:
             with torch.inference_mode():
-                for tensors in loader:
+                for tensors in progress(loader, progress_bar or "", show=progress_bar is not None):
                     counts = tensors[REGISTRY_KEYS.X_KEY]
                     yield counts, self.module.inference(counts, **inference_kwargs)
         finally:
@@ -278,8 +286,15 @@ class SCHyena(ClassificationMixin, ImputationMixin, TrainingMixin, SaveLoadMixin
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
+        progress_bar: bool = True,
+        key_added: str | None = None,
+        overwrite: bool = False,
     ) -> np.ndarray:
-        """Cell embeddings: the mean of the final gene-token states over measured genes.
+        """Cell embeddings: the expression-weighted mean of the final gene-token states.
+
+        Each measured gene's final state is weighted by its log-normalised expression (genes
+        that read zero or were not measured get weight zero; a cell with no counts falls back to
+        the plain mean over measured genes); see :class:`~schyena_tools.nn.SCHyenaEncoder`.
 
         Parameters
         ----------
@@ -289,19 +304,36 @@ class SCHyena(ClassificationMixin, ImputationMixin, TrainingMixin, SaveLoadMixin
             Cells to embed; defaults to all.
         batch_size
             Cells per minibatch (default 16).
+        progress_bar
+            Show a progress bar over the minibatches.
+        key_added
+            Also write the embedding into ``adata.obsm[key_added]`` (e.g. ``"X_schyena"``), as
+            scanpy's tools do; checked before any work: the key must not exist (unless
+            ``overwrite``) and ``indices`` must be ``None``.
+        overwrite
+            Replace an existing ``adata.obsm[key_added]``.
 
         Returns
         -------
         ``float32`` array of shape ``(cells, d_model)``. Store it as
-        ``adata.obsm["X_schyena"]`` and use ``sc.pp.neighbors(adata, use_rep="X_schyena")``.
+        ``adata.obsm["X_schyena"]`` (or pass ``key_added="X_schyena"``) and use
+        ``sc.pp.neighbors(adata, use_rep="X_schyena")``.
 
         """
         self._check_if_trained(warn=True)
+        destination = self.adata if adata is None else adata
+        if key_added is not None:
+            check_keys_free(destination, "obsm", [key_added], overwrite, indices)
         target = self._validate_anndata(adata)
         parts = [
             out["cell_embedding"].float().cpu().numpy()
-            for _, out in self._inference_batches(target, indices, batch_size)
+            for _, out in self._inference_batches(
+                target, indices, batch_size, progress_bar="Embedding" if progress_bar else None
+            )
         ]
-        return (
+        embedding = (
             np.concatenate(parts, axis=0) if parts else np.zeros((0, self.module.embedding_dim), np.float32)
         )
+        if key_added is not None:
+            store(destination, "obsm", key_added, embedding)
+        return embedding

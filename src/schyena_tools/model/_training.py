@@ -22,6 +22,7 @@ from scvi.train._trainrunner import _safe_load_logger_history
 from schyena_tools.validation import check_batch_size, check_number
 
 from ._checkpoint import EpochCheckpoint, read_checkpoint, resolve_checkpoint
+from ._progress import progress, with_step_progress
 from ._training_plan import distributed_settings
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class TrainingMixin:
             resume_from = resolve_checkpoint(resume_from, objective)
         # Several processes (strategy="ddp"...): shard the cells, allow idle heads.
         trainer_kwargs, datasplitter_kwargs = distributed_settings(trainer_kwargs, datasplitter_kwargs)
+        trainer_kwargs = with_step_progress(trainer_kwargs)
         datamodule = self._data_splitter_cls(
             self.adata_manager,
             train_size=train_size,
@@ -283,7 +285,7 @@ class TrainingMixin:
         check_phase_arguments(max_epochs, batch_size, plan_kwargs)
         check_split(self.adata.n_obs, train_size, validation_size)
         if not self.is_trained_ and resume_from is None:
-            self._initialize_from_data()
+            self._initialize_from_data(show_progress=trainer_kwargs.get("enable_progress_bar", True))
         return self._train_phase(
             "pretrain",
             inference_kwargs={"mask_ratio": mask_ratio, "zero_mask_ratio": zero_mask_ratio},
@@ -302,7 +304,7 @@ class TrainingMixin:
         )
 
     @torch.inference_mode()
-    def _initialize_from_data(self, max_cells: int = 2000) -> None:
+    def _initialize_from_data(self, max_cells: int = 2000, show_progress: bool = False) -> None:
         """Data-dependent start of the first pre-training (as scVI sets its library prior from data).
 
         * The cell-embedding head starts from each gene's mean log-normalised expression over
@@ -317,7 +319,8 @@ class TrainingMixin:
           550-cell data, untrained network: 10-NN agreement with the major classes 0.73
           (random gene embedding) -> 0.88 (with the loadings).
 
-        One pass over the cells, in minibatches (backed data stays on disk).
+        One pass over the cells, in minibatches (backed data stays on disk), with a progress bar
+        when ``show_progress``.
         """
         from scvi import settings
 
@@ -328,7 +331,7 @@ class TrainingMixin:
         in_sample[rng.choice(n_cells, min(max_cells, n_cells), replace=False)] = True
         loader = self._make_data_loader(adata=self.adata, batch_size=256)
         total, seen, sampled = None, 0, []
-        for tensors in loader:
+        for tensors in progress(loader, "Data-dependent start: one pass over the cells", show_progress):
             values, _ = self.module.normalize_and_align(tensors[REGISTRY_KEYS.X_KEY].float())
             total = values.sum(0) if total is None else total + values.sum(0)
             keep = in_sample[seen : seen + values.shape[0]]

@@ -163,6 +163,7 @@ class SCHyenaModule(BaseModuleClass):
         zero_mask_ratio: float = 0.0,
         dropout_ratio: float | None = None,
         mask_zeros: bool = False,
+        zero_score_ratio: float | None = None,
     ) -> dict:
         """Normalise, align to the vocabulary, optionally mask, and encode.
 
@@ -185,6 +186,11 @@ class SCHyenaModule(BaseModuleClass):
             Replace every measured zero by the mask token: a zero is either a dropout or a gene
             that is off, so the network is told "unknown" and predicts the value from the rest of
             the cell. Imputation uses it.
+        zero_score_ratio
+            Imputer training with ``dropout_ratio``: score only this random fraction of the genes
+            that really read zero, pooled with the dropped entries in one mean (scMamba's
+            imputation recipe: 40% of non-zeros, 4% of zeros). The chosen zeros are returned as
+            ``scored_zeros``. ``None``: every true zero is scored, as its own group.
 
         """
         counts = counts.float()
@@ -196,6 +202,9 @@ class SCHyenaModule(BaseModuleClass):
             # dropout, so a perfect imputer would put the hidden count back exactly.
             library = observed_counts.sum(dim=1, keepdim=True).clamp_min(1e-8)
             dropout_targets = torch.log1p(counts / library * self.target_sum)
+            scored_zeros = None
+            if zero_score_ratio is not None:
+                scored_zeros = (counts == 0) & (torch.rand_like(counts) < zero_score_ratio)
             counts = observed_counts
             mask_zeros = True
         values, missing = self.normalize_and_align(counts)
@@ -222,6 +231,9 @@ class SCHyenaModule(BaseModuleClass):
             targets_aligned, _ = self.align_to_vocabulary(dropout_targets)
             result["dropped"] = dropped_aligned > 0
             result["dropout_targets"] = targets_aligned
+            if scored_zeros is not None:
+                scored_aligned, _ = self.align_to_vocabulary(scored_zeros.float())
+                result["scored_zeros"] = scored_aligned > 0
         if self.classifier is not None:
             # The expression path reads what the encoder read: masked values count as unseen.
             unseen = missing if masked is None else (masked if missing is None else masked | missing)
@@ -332,6 +344,10 @@ class SCHyenaModule(BaseModuleClass):
         value). Seen from the network, a dropped gene and an unexpressed gene look the same (the
         mask token), so the first two terms together teach it to tell them apart from context.
         Missing genes are never scored.
+
+        With ``scored_zeros`` in the outputs (``zero_score_ratio`` of :meth:`inference`), the
+        loss is instead scMamba's: one mean squared error pooled over the dropped entries and
+        the sampled true zeros; ``observed_mse`` is still logged but not trained on.
         """
         dropped = inference_outputs.get("dropped")
         if dropped is None:
@@ -354,7 +370,11 @@ class SCHyenaModule(BaseModuleClass):
         dropout_mse = mean_over(dropped & measured)
         zero_mse = mean_over(true_zero)
         observed_mse = mean_over(visible)
-        per_cell = dropout_mse + zero_mse + observed_mse
+        scored_zeros = inference_outputs.get("scored_zeros")
+        if scored_zeros is None:
+            per_cell = dropout_mse + zero_mse + observed_mse
+        else:
+            per_cell = mean_over((dropped | scored_zeros) & measured)
         return LossOutput(
             loss=per_cell.mean(),
             reconstruction_loss=per_cell,

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 from scipy import sparse
 
 #: Colours of the training and validation curves (matplotlib's default cycle, first two).
@@ -134,15 +135,18 @@ def training_history(
             labelled.add(split)
         if number > 0:
             ax.axvline(offset + 0.5, color="0.6", linestyle="--", linewidth=1)
+        # The name sits inside the axes, centred on its block (a one-epoch block included),
+        # so it is never cut off and never pushes the panel around in a grid of subplots.
         ax.text(
-            offset + 0.6,
-            1.0,
+            offset + (n_epochs + 1) / 2,
+            0.98,
             phase,
             transform=ax.get_xaxis_transform(),
-            va="bottom",
-            ha="left",
+            va="top",
+            ha="center",
             fontsize="small",
             color="0.3",
+            clip_on=True,
         )
         offset += n_epochs
     if not labelled:
@@ -150,6 +154,10 @@ def training_history(
             f"metric {metric!r} was not logged in phases {list(phases)}; "
             f"logged metrics: {_available_metrics({p: phase_history[p] for p in phases})}"
         )
+    ax.set_xlim(0.5, offset + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, top + 0.12 * (top - bottom))  # room for the phase names
     ax.set_xlabel("epoch (all phases in order)")
     ax.set_ylabel(metric.replace("_", " "))
     if log_scale:

@@ -139,7 +139,12 @@ def _normalisation_kind(matrix, n_rows: int) -> str | None:
     return None
 
 
-def _raw_counts_hint(adata: AnnData) -> str | None:
+def _setup_call(layer: str) -> str:
+    """How the Python API registers ``layer``: the default wording of every layer hint."""
+    return f"setup_anndata(adata, layer={layer!r})"
+
+
+def _raw_counts_hint(adata: AnnData, layer_fix=_setup_call) -> str | None:
     """The one line that registers counts kept in ``adata.raw`` (scanpy's layout), if they are."""
     raw = adata.raw
     if raw is None or not adata.var_names.isin(raw.var_names).all():
@@ -151,28 +156,29 @@ def _raw_counts_hint(adata: AnnData) -> str | None:
     return (
         "adata.raw holds raw counts for these genes: copy them into a layer and register it, "
         "adata.layers['counts'] = adata.raw[:, adata.var_names].X; "
-        "setup_anndata(adata, layer='counts')."
+        f"{layer_fix('counts')}."
     )
 
 
-def _layer_hint(adata: AnnData) -> str:
-    from_raw = _raw_counts_hint(adata)
+def _layer_hint(adata: AnnData, layer_fix=_setup_call) -> str:
+    """How to point scHyena at the raw counts; ``layer_fix(name)`` words the fix for the caller."""
+    from_raw = _raw_counts_hint(adata, layer_fix)
     if from_raw:
         return from_raw
     layers = list(adata.layers.keys())
     if layers:
-        return (
-            f"Layers present: {layers}; register the one with raw counts, e.g. "
-            f"setup_anndata(adata, layer={layers[0]!r})."
-        )
+        return f"Layers present: {layers}; use the one with raw counts, e.g. {layer_fix(layers[0])}."
     return (
         "No layers are present: reload the raw counts (e.g. from adata.raw or the original file) "
-        "into adata.layers['counts'] and call setup_anndata(adata, layer='counts')."
+        f"into adata.layers['counts'] and use {layer_fix('counts')}."
     )
 
 
-def check_counts(adata: AnnData, layer: str | None = None) -> CountsSummary:
+def check_counts(adata: AnnData, layer: str | None = None, layer_fix=None) -> CountsSummary:
     """Check that ``adata.X`` (or ``adata.layers[layer]``) holds raw counts.
+
+    ``layer_fix(name)`` words how the caller registers layer ``name`` in the errors (default:
+    ``setup_anndata(adata, layer=name)``; the command line says ``--layer name``).
 
     Errors (:class:`ValueError`), raised before anything is registered:
 
@@ -198,6 +204,7 @@ def check_counts(adata: AnnData, layer: str | None = None) -> CountsSummary:
 
     """
     where = _where(layer)
+    layer_fix = layer_fix or _setup_call
     matrix = get_counts_matrix(adata, layer)
     n_rows = matrix.shape[0]
     sampled = _is_backed(matrix) and n_rows > BACKED_SAMPLE_ROWS
@@ -236,13 +243,13 @@ def check_counts(adata: AnnData, layer: str | None = None) -> CountsSummary:
         raise ValueError(
             f"{where} holds {n_nonfinite} NaN or infinite values{scope}. scHyena needs raw counts. "
             f"Register the layer with raw counts, or fix the values (e.g. X = np.nan_to_num(X)) "
-            f"before setup_anndata. {_layer_hint(adata)}"
+            f"before setup_anndata. {_layer_hint(adata, layer_fix)}"
         )
     if n_negative:
         raise ValueError(
             f"{where} holds {n_negative} negative values (minimum {min_value:.3g}){scope}: it looks "
             f"scaled or batch-corrected, not raw counts. scHyena normalises raw counts itself. "
-            f"{_layer_hint(adata)}"
+            f"{_layer_hint(adata, layer_fix)}"
         )
     if n_noninteger:
         kind = _normalisation_kind(checked, checked.shape[0])
@@ -250,13 +257,14 @@ def check_counts(adata: AnnData, layer: str | None = None) -> CountsSummary:
             raise ValueError(
                 f"{where} looks log-transformed (sc.pp.log1p, usually after sc.pp.normalize_total): "
                 f"in each cell, expm1 of the values are multiples of one library-size factor. scHyena "
-                f"normalises and logs raw counts itself, so it needs the raw counts. {_layer_hint(adata)}"
+                f"normalises and logs raw counts itself, so it needs the raw counts. "
+                f"{_layer_hint(adata, layer_fix)}"
             )
         if kind == "scaled":
             raise ValueError(
                 f"{where} looks library-size normalised (sc.pp.normalize_total): in each cell the "
                 f"values are multiples of one scale factor. scHyena normalises raw counts itself, "
-                f"so it needs the raw counts. {_layer_hint(adata)}"
+                f"so it needs the raw counts. {_layer_hint(adata, layer_fix)}"
             )
         warnings.warn(
             f"{where} holds {n_noninteger} non-integer values{scope}. They are accepted as "
@@ -343,11 +351,12 @@ def check_anndata(
     layer: str | None = None,
     labels_key: str | None = None,
     batch_key: str | None = None,
+    layer_fix=None,
 ) -> CountsSummary:
     """All checks on an AnnData before it is registered or used by a model.
 
     Raises on an empty AnnData, duplicate gene names, a missing ``layer`` / ``obs`` column, and
-    on counts that are not raw counts (see :func:`check_counts`).
+    on counts that are not raw counts (see :func:`check_counts`; ``layer_fix`` as there).
     """
     if not isinstance(adata, AnnData):
         raise TypeError(f"expected an AnnData, got {type(adata).__name__}")
@@ -367,7 +376,7 @@ def check_anndata(
     get_counts_matrix(adata, layer)
     check_obs_key(adata, labels_key, "labels_key")
     check_obs_key(adata, batch_key, "batch_key")
-    return check_counts(adata, layer)
+    return check_counts(adata, layer, layer_fix)
 
 
 def check_batch_size(batch_size: int | None, argument: str = "batch_size") -> None:
