@@ -2,12 +2,14 @@
 
 from ._linear_readout import fit_linear_readout
 from ._model import SCHyena
+from ._save_load import convert_trusted_model_file
 from ._training_plan import SCHyenaTrainingPlan
 from ._vocabulary import gene_index_for, match_genes_to_vocabulary, output_columns
 
 __all__ = [
     "SCHyena",
     "SCHyenaTrainingPlan",
+    "convert_trusted_model_file",
     "fit_linear_readout",
     "gene_index_for",
     "match_genes_to_vocabulary",

@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import torch
 from lightning.pytorch.callbacks import Callback
 from scvi.train import TrainingPlan
+
+from ._save_load import load_data_only
 
 
 class EpochCheckpoint(Callback):
@@ -127,7 +128,9 @@ def read_checkpoint(
 ) -> dict[str, pd.DataFrame]:
     """Check a checkpoint fits this training plan and phase; return the history saved in it."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_data_only(path)
+    except ValueError:
+        raise
     except Exception as error:  # truncated or not a checkpoint: torch raises several types
         raise ValueError(
             f"checkpoint {str(path)!r} is unreadable ({type(error).__name__}: {error}). It may have "

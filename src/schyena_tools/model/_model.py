@@ -3,7 +3,8 @@
 The face only: construction, ``setup_anndata``, the checks on every use, the one inference
 loop and the cell embedding. Training (:mod:`._training`), classification
 (:mod:`._classification`), imputation (:mod:`._imputation`), saving and loading
-(:mod:`._save_load`) and other gene panels (:mod:`._query`) are mixins in their own files.
+(:mod:`._save_load`), sharing through scvi.hub (:mod:`._hub`) and other gene panels
+(:mod:`._query`) are mixins in their own files.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from schyena_tools.module import SCHyenaModule
 from schyena_tools.validation import check_anndata, check_batch_size, check_number
 
 from ._classification import ClassificationMixin
+from ._hub import HubMixin
 from ._imputation import ImputationMixin
 from ._progress import progress
 from ._query import QueryMixin
@@ -40,7 +42,9 @@ from ._vocabulary import gene_index_for, gene_mismatch
 logger = logging.getLogger(__name__)
 
 
-class SCHyena(ClassificationMixin, ImputationMixin, TrainingMixin, SaveLoadMixin, QueryMixin, BaseModelClass):
+class SCHyena(
+    ClassificationMixin, ImputationMixin, TrainingMixin, SaveLoadMixin, HubMixin, QueryMixin, BaseModelClass
+):
     """scHyena: a foundation model that reads every gene of a cell (Oh et al., 2023).
 
     Each gene of the model's ordered gene vocabulary is one token: a linear adaptor lifts its

@@ -8,8 +8,11 @@ single place that reads and checks one, used by :meth:`SaveLoadMixin.load`,
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -25,6 +28,91 @@ SAVE_FORMAT_VERSION = 2
 MIN_SUPPORTED_SAVE_FORMAT = 2
 #: File scvi-tools' save writes the weights and attributes to.
 MODEL_FILE_NAME = "model.pt"
+
+
+def safe_globals() -> list:
+    """What a model file may hold besides tensors and plain containers, and nothing else.
+
+    scvi-tools' ``model.pt`` carries, next to the weights, the registry and the training history:
+    numpy arrays and pandas frames and indexes. These are the only classes and functions the
+    unpickler may call; a file that names anything else (``os.system``, ``builtins.eval``, a
+    class of some package...) is refused before it can run (PyTorch's ``weights_only=True``).
+    """
+    import numpy as np
+    import pandas as pd
+    from pandas._libs.internals import _unpickle_block
+    from pandas.core.indexes.base import _new_Index
+    from pandas.core.internals.managers import BlockManager
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    dtype_classes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGOUSV"]
+    return [
+        _reconstruct,
+        np.ndarray,
+        np.dtype,
+        *dtype_classes,
+        pd.DataFrame,
+        pd.Index,
+        _new_Index,
+        BlockManager,
+        _unpickle_block,
+        bytes,
+        dict,
+        slice,
+        collections.defaultdict,
+    ]
+
+
+@contextlib.contextmanager
+def weights_only_loading():
+    """Every ``torch.load`` inside, scvi-tools' own included, reads data only (``weights_only``).
+
+    scvi-tools' loader calls ``torch.load(..., weights_only=False)``; PyTorch's
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` overrides that for the duration, with :func:`safe_globals`
+    as the only classes allowed besides tensors.
+    """
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+def load_data_only(path: str | os.PathLike, **kwargs):
+    """``torch.load`` of a model or checkpoint file that may hold data, never code.
+
+    Raises
+    ------
+    ValueError
+        The file asks to run or build something outside :func:`safe_globals` (a crafted or
+        foreign file): it is refused, and nothing in it has run.
+
+    """
+    try:
+        with weights_only_loading():
+            return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except pickle.UnpicklingError as error:
+        if "defaultdict" in str(error):
+            raise ValueError(
+                f"{str(path)!r} was written by schyena-tools 0.1.0 in a layout that data-only "
+                f"loading cannot read (scvi-tools' registry as a defaultdict). If you made or "
+                f"trust this file, convert it once with "
+                f"schyena_tools.model.convert_trusted_model_file({str(Path(path).parent)!r}); "
+                f"nothing in it has run."
+            ) from error
+        raise ValueError(
+            f"{str(path)!r} was refused: besides weights it asks to run or build something that a "
+            f"model file never holds, so it may be crafted to execute code on load. Nothing in it "
+            f"has run. Use only model files you trust; this one cannot be loaded. ({error})"
+        ) from error
 
 
 def package_version() -> str:
@@ -66,7 +154,9 @@ def read_saved_model(
             f"saved with a prefix, pass prefix=...; otherwise save the model again."
         )
     try:
-        saved = torch.load(model_file, map_location="cpu", weights_only=False, mmap=True)
+        saved = load_data_only(model_file, mmap=True)
+    except ValueError:
+        raise
     except Exception as error:  # torch raises several types for a damaged file
         raise ValueError(
             f"{str(model_file)!r} cannot be read ({type(error).__name__}: {error}). The file is "
@@ -107,8 +197,39 @@ def read_saved_model(
     return saved
 
 
+def _plain(value):
+    """``value`` with every ``defaultdict`` inside dicts and lists made a plain ``dict``."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def convert_trusted_model_file(dir_path: str | os.PathLike, prefix: str | None = None) -> None:
+    """Rewrite a model folder saved by schyena-tools 0.1.0 so that data-only loading reads it.
+
+    Those files hold scvi-tools' registry as a ``collections.defaultdict``, which PyTorch's
+    data-only unpickler cannot rebuild, so :meth:`SCHyena.load` refuses them. This reads the
+    file with full unpickling, **which runs any code a crafted file holds: call it only on
+    files you made yourself or otherwise trust**, and writes it back (atomically) with plain
+    dicts. Weights and settings are unchanged.
+    """
+    model_file = Path(dir_path) / f"{prefix or ''}{MODEL_FILE_NAME}"
+    if not model_file.is_file():
+        raise FileNotFoundError(f"{str(model_file)!r} does not exist.")
+    saved = torch.load(model_file, map_location="cpu", weights_only=False)
+    staging = model_file.with_name(f".{model_file.name}.converting-{os.getpid()}")
+    torch.save(_plain(saved), staging)
+    os.replace(staging, model_file)
+
+
 class SaveLoadMixin:
     """``save``, ``load`` and ``check_saved_model`` of :class:`~schyena_tools.SCHyena`."""
+
+    def _get_user_attributes(self):
+        """The saved attributes, with scvi-tools' defaultdicts as plain dicts (data-only loading)."""
+        return [(name, _plain(value)) for name, value in super()._get_user_attributes()]
 
     def save(
         self,
@@ -200,15 +321,16 @@ class SaveLoadMixin:
         level = download_logger.level
         download_logger.setLevel(max(level, logging.WARNING))
         try:
-            return super().load(
-                str(dir_path),
-                adata=adata,
-                accelerator=accelerator,
-                device=device,
-                prefix=prefix,
-                backup_url=backup_url,
-                **kwargs,
-            )
+            with weights_only_loading():
+                return super().load(
+                    str(dir_path),
+                    adata=adata,
+                    accelerator=accelerator,
+                    device=device,
+                    prefix=prefix,
+                    backup_url=backup_url,
+                    **kwargs,
+                )
         finally:
             download_logger.setLevel(level)
 

@@ -23,6 +23,7 @@ from schyena_tools.validation import check_batch_size, check_number
 
 from ._checkpoint import EpochCheckpoint, read_checkpoint, resolve_checkpoint
 from ._progress import progress, with_step_progress
+from ._save_load import weights_only_loading
 from ._training_plan import distributed_settings
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,9 @@ class TrainingMixin:
         # too: without this, a second training phase would run with dropout off and with the
         # cell head's batch statistics frozen.
         self.module.train()
-        result = runner()
+        # Lightning reads the checkpoint it resumes from: as data only, like every model file.
+        with weights_only_loading() if resume_from is not None else contextlib.nullcontext():
+            result = runner()
         # Only the main process has the logger's history (as in scvi-tools' runner).
         phase = (_safe_load_logger_history(self.trainer) or {}) if self.trainer.is_global_zero else {}
         # A resumed run: put the epochs before the checkpoint back in front.
