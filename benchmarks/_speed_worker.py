@@ -123,6 +123,14 @@ def main(cfg: dict) -> dict:
     masked = (torch.rand(batch, length, generator=gen) < 0.15).to(device)
 
     def step():
+        if cfg.get("fft_backend"):
+            from schyena_tools.nn import use_fft_backend
+
+            with use_fft_backend(cfg["fft_backend"]):
+                return _step()
+        return _step()
+
+    def _step():
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else _null()
         if train:
             with ctx:

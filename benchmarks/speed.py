@@ -267,11 +267,16 @@ def main(argv=None):
             for mode in args.modes:
                 for length in [FULL_LENGTH]:
                     pair = {}
-                    for impl in ("baseline", "current"):
+                    # baseline: the frozen pre-speed-work network; previous: this network with
+                    # torch.fft on the CPU (schyena-tools 0.1.0's kernel); current: the default.
+                    for impl, backend in (("baseline", None), ("previous", "torch"), ("current", None)):
                         if time.monotonic() > deadline:
                             pair[impl] = {"status": "not run"}
                             continue
-                        cfg = dict(base_cfg(model, mode, length), mixer="hyena", impl=impl, compile=False)
+                        if impl == "previous" and args.device != "cpu":
+                            continue  # on a GPU both use cuFFT
+                        cfg = dict(base_cfg(model, mode, length), mixer="hyena", compile=False)
+                        cfg.update(impl="baseline" if impl == "baseline" else "current", fft_backend=backend)
                         pair[impl] = run_config(cfg, hard_limit)
                     entry = dict(model=model, mode=mode, length=length, **pair)
                     before_after.append(entry)
@@ -446,23 +451,30 @@ def report_markdown(payload) -> str:
             f"Device: {meta['device_description']}, {meta['dtype']}. `before` is the network as of "
             "commit 9cd6428 (`benchmarks/_baseline_nn.py`).",
             "",
-            "| model | mode | genes | before s/batch | after s/batch | speed-up "
-            "| before peak MB | after peak MB |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "`previous` is this network with `torch.fft` on the CPU (the kernel of "
+            "schyena-tools 0.1.0); `after` is the default (SciPy's pocketfft on the CPU).",
+            "",
+            "| model | mode | genes | before s/batch | previous s/batch | after s/batch "
+            "| after vs previous | after vs before | before / previous / after peak MB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
+
+        def seconds(r):
+            return f"{r['sec_per_batch']:.3f}" if r.get("status") == "ok" else str(r.get("status", "-"))
+
+        def ratio(slow, fast):
+            ok = slow.get("status") == "ok" and fast.get("status") == "ok"
+            return f"{slow['sec_per_batch'] / fast['sec_per_batch']:.2f}x" if ok else ""
+
         for e in payload["before_after"]:
-            b, c = e["baseline"], e["current"]
-            if b.get("status") == "ok" and c.get("status") == "ok":
-                lines.append(
-                    f"| {e['model']} | {e['mode']} | {e['length']:,} | {b['sec_per_batch']:.3f} | "
-                    f"{c['sec_per_batch']:.3f} | {b['sec_per_batch'] / c['sec_per_batch']:.2f}x | "
-                    f"{b['peak_mem_mb']:.0f} | {c['peak_mem_mb']:.0f} |"
-                )
-            else:
-                lines.append(
-                    f"| {e['model']} | {e['mode']} | {e['length']:,} | {b.get('status')} | "
-                    f"{c.get('status')} | | | |"
-                )
+            b, p, c = e["baseline"], e.get("previous", {}), e["current"]
+            memory = " / ".join(
+                f"{r['peak_mem_mb']:.0f}" if r.get("status") == "ok" else "-" for r in (b, p, c)
+            )
+            lines.append(
+                f"| {e['model']} | {e['mode']} | {e['length']:,} | {seconds(b)} | {seconds(p)} | "
+                f"{seconds(c)} | {ratio(p, c)} | {ratio(b, c)} | {memory} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -192,3 +192,12 @@ def test_training_shows_no_lightning_product_tips(zeisel_small):
     messages = [r.getMessage() for r in records]
     assert messages, "Lightning's own info (GPU available...) still reaches the log"
     assert not [m for m in messages if "Tip" in m], messages
+
+
+def test_print_model_is_short_plain_lines(trained):
+    model, _ = trained
+    text = repr(model)
+    assert text.startswith("SCHyena: 600 genes per cell as tokens\n")
+    assert "Training status: trained (pretrain)" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert str(model) == text

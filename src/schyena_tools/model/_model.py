@@ -152,10 +152,19 @@ class SCHyena(
         self.schyena_tools_version_ = package_version()
         n_params = sum(p.numel() for p in self.module.parameters())
         self._model_summary_string = (
-            f"SCHyena: {len(self.gene_vocabulary)} genes per cell as tokens, d_model={d_model}, "
-            f"n_layers={n_layers}, order={order}, {n_params:,} parameters."
+            f"SCHyena: {len(self.gene_vocabulary):,} genes per cell as tokens\n"
+            f"d_model={d_model}, n_layers={n_layers}, order={order}, {n_params:,} parameters"
         )
         self.init_params_ = self._get_init_params(locals())
+
+    def __repr__(self) -> str:
+        """Short lines of plain text (scvi-tools' rich print wraps them mid-sentence)."""
+        phases = ", ".join(self.phase_history_) if self.phase_history_ else None
+        if phases:
+            status = f"trained ({phases})"
+        else:
+            status = "trained" if self.is_trained_ else "not trained"
+        return f"{self._model_summary_string}\nTraining status: {status}"
 
     # ------------------------------------------------------------------ registration
     @classmethod

@@ -13,10 +13,12 @@ from ._fftconv import (
     bidirectional_fft_conv,
     direct_conv_reference,
     fast_fft_size,
+    fft_backend,
     fft_dtype,
     fftconv,
     long_convolution,
     pad_filters,
+    use_fft_backend,
 )
 from ._heads import CellExpressionHead, CellStandardize, CellTypeClassifier
 from ._hyena import BidirectionalHyenaOperator, HyenaBlock, ImplicitLongFilter, depthwise_short_conv
@@ -38,6 +40,8 @@ __all__ = [
     "fast_fft_size",
     "fft_dtype",
     "fftconv",
+    "fft_backend",
+    "use_fft_backend",
     "long_convolution",
     "pad_filters",
 ]

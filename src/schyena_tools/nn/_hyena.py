@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from ._fftconv import fast_fft_size, fft_dtype, fftconv, long_convolution, pad_filters
+from ._fftconv import _is_compiling, fast_fft_size, fft_dtype, fftconv, long_convolution, pad_filters, rfft
 
 
 class Sin(nn.Module):
@@ -125,11 +125,6 @@ def depthwise_short_conv(
     return out
 
 
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
-
-
 class BidirectionalHyenaOperator(nn.Module):
     """Hyena operator of order ``N`` with non-causal implicit long convolutions.
 
@@ -228,7 +223,7 @@ class BidirectionalHyenaOperator(nn.Module):
             if key == (length, n_fft, state):
                 return spectra
         with torch.autocast(device_type=self.filter_bias.device.type, enabled=False):
-            spectra = torch.fft.rfft(self.padded_filters(length, n_fft))
+            spectra = rfft(self.padded_filters(length, n_fft), n=n_fft)
         if use_cache:
             self._spectrum_cache = ((length, n_fft, state), spectra)
         else:
