@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,6 +12,7 @@ from anndata import AnnData
 
 from schyena_tools.module import log_normalize
 
+from ._out_of_core import check_out_file, write_rows_to_h5ad
 from ._results import check_keys_free, store
 from ._vocabulary import output_columns
 
@@ -109,7 +111,8 @@ class ImputationMixin:
         progress_bar: bool = True,
         key_added: str | None = None,
         overwrite: bool = False,
-    ) -> pd.DataFrame | np.ndarray:
+        out_file: str | os.PathLike | None = None,
+    ) -> pd.DataFrame | np.ndarray | AnnData:
         """Impute every gene of every cell (dropout recovery).
 
         Every measured zero is shown to the network as the mask token and its value is
@@ -153,7 +156,14 @@ class ImputationMixin:
             checked before any work: the layer must not exist (unless ``overwrite``) and
             ``indices`` must be ``None``.
         overwrite
-            Replace an existing layer.
+            Replace an existing layer (or ``out_file``).
+        out_file
+            For data too large for memory (200,000 cells x 20,000 genes is 16 GB of float32):
+            write the imputed matrix chunk by chunk, ``batch_size`` cells at a time, as ``X``
+            of a new h5ad file with ``adata``'s ``obs`` and ``var``, and return it opened
+            file-backed (``anndata.read_h5ad(out_file, backed="r")``). Memory stays bounded by
+            one chunk. Not with ``key_added`` or ``indices``; an existing file is an error
+            unless ``overwrite``.
 
         Returns
         -------
@@ -170,6 +180,8 @@ class ImputationMixin:
         if all_genes is None:
             all_genes = gene_list is None
         destination = self.adata if adata is None else adata
+        if out_file is not None:
+            check_out_file(out_file, overwrite, key_added, indices)
         if key_added is not None:
             if not all_genes:
                 raise ValueError(
@@ -184,7 +196,41 @@ class ImputationMixin:
         data_columns = torch.as_tensor(target.var_names.get_indexer(names), dtype=torch.long)
         if all_genes:
             names = pd.Index(target.var_names)
-        chunks = []
+        chunks = self._imputed_chunks(
+            target,
+            indices,
+            batch_size,
+            progress_bar,
+            positions,
+            data_columns,
+            all_genes,
+            keep_observed,
+            count_scale,
+        )
+        if out_file is not None:
+            return write_rows_to_h5ad(out_file, target, names, chunks)
+        chunks = list(chunks)
+        result = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(names)), np.float32)
+        if key_added is not None:
+            store(destination, "layers", key_added, result)
+        if return_numpy:
+            return result
+        cells = target.obs_names if indices is None else target.obs_names[np.asarray(indices)]
+        return pd.DataFrame(result, index=cells, columns=names)
+
+    def _imputed_chunks(
+        self,
+        target,
+        indices,
+        batch_size,
+        progress_bar,
+        positions,
+        data_columns,
+        all_genes,
+        keep_observed,
+        count_scale,
+    ):
+        """The imputed rows, one ``float32`` array per minibatch (see :meth:`get_imputed_expression`)."""
         for counts, out in self._inference_batches(
             target, indices, batch_size, progress_bar="Imputing" if progress_bar else None, mask_zeros=True
         ):
@@ -193,17 +239,10 @@ class ImputationMixin:
                 observed = out["values"]
                 prediction = torch.where(observed > 0, observed, prediction)
             prediction = prediction[:, positions.to(prediction.device)]
-            if all_genes:
+            if data_columns is not None:
                 observed = log_normalize(counts.float(), self.module.target_sum).to(prediction.device)
                 prediction = observed.index_copy_(1, data_columns.to(prediction.device), prediction)
             if count_scale:
                 library = counts.float().sum(dim=1, keepdim=True).to(prediction.device)
                 prediction = torch.expm1(prediction) * library / self.module.target_sum
-            chunks.append(prediction.cpu().numpy().astype(np.float32))
-        result = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(names)), np.float32)
-        if key_added is not None:
-            store(destination, "layers", key_added, result)
-        if return_numpy:
-            return result
-        cells = target.obs_names if indices is None else target.obs_names[np.asarray(indices)]
-        return pd.DataFrame(result, index=cells, columns=names)
+            yield prediction.cpu().numpy().astype(np.float32)
