@@ -67,7 +67,7 @@ MODES = {
         pretrain_epochs=2,
         finetune_epochs=None,  # train_classifier's default recipe
         small_finetune_epochs=None,
-        imputer_epochs=1,
+        imputer_epochs=None,  # train_imputer's default recipe
         imputation_cells=1000,
         scvi_epochs=20,
         scanvi_epochs=5,
@@ -447,12 +447,9 @@ def run(settings: dict, mode: str):
         imputed = function()
         score(name, imputed, time.perf_counter() - start)
 
-    imputer_kwargs = dict(
-        max_epochs=settings["imputer_epochs"],
-        batch_size=BATCH_SIZE,
-        train_size=1.0,
-        enable_progress_bar=False,
-    )
+    imputer_kwargs = dict(batch_size=BATCH_SIZE, train_size=1.0, enable_progress_bar=False)
+    if settings["imputer_epochs"] is not None:  # None: train_imputer's default recipe
+        imputer_kwargs["max_epochs"] = settings["imputer_epochs"]
     st.SCHyena.setup_anndata(observed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -176,6 +176,32 @@ def test_imputation_loss_scores_the_dropped_entries():
     assert torch.isfinite(loss.loss) and loss.extra_metrics["dropout_mse"] > 0
 
 
+def test_scmamba_imputation_loss_pools_dropped_entries_and_sampled_zeros():
+    torch.manual_seed(0)
+    module = SCHyenaModule(n_genes=400, **TINY)
+    counts = torch.poisson(torch.full((8, 400), 0.3))
+    out = module.inference(counts, dropout_ratio=0.4, zero_score_ratio=0.1)
+    scored, dropped = out["scored_zeros"], out["dropped"]
+    assert not (scored & (counts > 0)).any()  # only genes that really read zero are sampled
+    share = scored.sum() / (counts == 0).sum()
+    assert 0.07 < share < 0.13
+    # one mean over the pooled entries, not the sum of group means
+    prediction, values = out["predicted_expression"], out["values"]
+    targets = torch.where(dropped, out["dropout_targets"], values)
+    pooled = (dropped | scored).float()
+    per_cell = ((prediction - targets) ** 2 * pooled).sum(1) / pooled.sum(1)
+    loss = module.imputation_loss(out)
+    torch.testing.assert_close(loss.loss, per_cell.mean())
+    grouped = module.imputation_loss({key: value for key, value in out.items() if key != "scored_zeros"})
+    assert not torch.isclose(grouped.loss, loss.loss)
+
+
+def test_train_imputer_checks_zero_score_ratio(imputer):
+    model, _ = imputer
+    with pytest.raises(ValueError, match="zero_score_ratio must be in"):
+        model.train_imputer(zero_score_ratio=0.0)
+
+
 def test_imputation_shapes_and_keep_observed(imputer):
     model, adata = imputer
     imputed = model.get_imputed_expression()
