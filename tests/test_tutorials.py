@@ -52,3 +52,13 @@ def test_tutorials_are_stored_with_outputs():
         never_run = [i for i, c in enumerate(code_cells) if c.get("execution_count") is None]
         assert not never_run, f"{notebook.name}: code cells {never_run} have no stored output"
         assert os.path.getsize(notebook) < 2_000_000, f"{notebook.name} is too large for the repository"
+
+
+def test_stored_tutorial_outputs_show_no_local_paths_or_library_chatter():
+    import re
+
+    for notebook in sorted(TUTORIALS.glob("*.ipynb")):
+        text = _outputs(nbformat.read(notebook, as_version=4))
+        for marker in ("site-packages", "💡 Tip", "already downloaded", "/tmp/schyena_tutorial_"):
+            assert marker not in text, (notebook.name, marker)
+        assert not re.search(r"(/work/|/root/|/home/)\S", text), notebook.name
