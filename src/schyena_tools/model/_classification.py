@@ -17,7 +17,7 @@ from schyena_tools.validation import check_number
 from ._checkpoint import RestoreBestWeights
 from ._linear_readout import fit_linear_readout, probe_cells
 from ._results import check_keys_free, store
-from ._training import DEFAULT_BATCH_SIZE, check_plan_kwargs
+from ._training import DEFAULT_BATCH_SIZE, check_plan_kwargs, check_trainer_kwargs
 from ._training_plan import is_distributed
 
 #: Optimiser steps the default ``train_classifier`` aims at (see :func:`classifier_epochs`).
@@ -200,6 +200,7 @@ class ClassificationMixin:
             Passed to :class:`scvi.train.Trainer`.
 
         """
+        check_trainer_kwargs("train_classifier", trainer_kwargs)
         labelled = self._check_classifier_labels()
         if max_epochs is not None:
             check_number(

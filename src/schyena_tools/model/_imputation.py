@@ -14,6 +14,7 @@ from schyena_tools.module import log_normalize
 
 from ._out_of_core import check_out_file, write_rows_to_h5ad
 from ._results import check_keys_free, store
+from ._training import check_trainer_kwargs
 from ._vocabulary import output_columns
 
 
@@ -83,6 +84,7 @@ class ImputationMixin:
             As in :meth:`train`.
 
         """
+        check_trainer_kwargs("train_imputer", trainer_kwargs)
         if not 0.0 < dropout_ratio < 1.0:
             raise ValueError(f"dropout_ratio must be between 0 and 1 (exclusive), got {dropout_ratio}")
         if zero_score_ratio is not None and not 0.0 < zero_score_ratio <= 1.0:

@@ -132,6 +132,12 @@ class SCHyena(
         self.gene_vocabulary = pd.Index(
             adata.var_names if gene_vocabulary is None else list(gene_vocabulary), dtype=str
         )
+        if len(self.gene_vocabulary) < 2:
+            raise ValueError(
+                f"scHyena reads a cell as a sequence of genes and needs at least 2; this model's "
+                f"vocabulary has {len(self.gene_vocabulary)}. Register the full gene panel (all genes, "
+                f"not a subset) or pass gene_vocabulary=."
+            )
         gene_index = gene_index_for(self.gene_vocabulary, adata.var_names)
         self.module = self._module_cls(
             n_genes=len(self.gene_vocabulary),
@@ -206,7 +212,8 @@ class SCHyena(
         ``adata.obs["_scvi_batch"]`` and ``adata.obs["_scvi_labels"]`` (integer codes) and
         ``adata.uns["_scvi_uuid"]``, ``adata.uns["_scvi_manager_uuid"]``. ``.X``, layers, ``var``
         and the existing ``obs`` columns are left as they are (a dense matrix in Fortran order is
-        rewritten in C order by scvi-tools, same values). A view is made an actual AnnData.
+        rewritten in C order by scvi-tools, same values). A view (``adata[cells]`` without
+        ``.copy()``) is an error naming the fix: registration cannot write into it.
 
         Parameters
         ----------
@@ -226,6 +233,11 @@ class SCHyena(
             replay a saved registration).
 
         """
+        if isinstance(adata, AnnData) and adata.is_view:
+            raise ValueError(
+                "adata is a view (a subset such as adata[cells] without .copy()): registration writes "
+                "into the AnnData, which a view cannot hold. Pass a copy: adata = adata[cells].copy()."
+            )
         check_anndata(adata, layer=layer, labels_key=labels_key, batch_key=batch_key)
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = [

@@ -8,7 +8,7 @@ import warnings
 import pandas as pd
 from anndata import AnnData
 
-from ._vocabulary import match_genes_to_vocabulary
+from ._vocabulary import match_genes_to_vocabulary, naming_hint
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class QueryMixin:
         matched = match_genes_to_vocabulary(vocabulary, query_genes, case_insensitive)
         n_matched = int(matched.notna().sum())
         if n_matched == 0:
-            hint = (
+            hint = naming_hint(vocabulary, query_genes) or (
                 ""
                 if case_insensitive
                 else " If only the case differs (mouse vs human), use case_insensitive=True."
@@ -75,9 +75,12 @@ class QueryMixin:
                 f"reference vocabulary of {len(vocabulary)} genes (e.g. {vocabulary[:3].tolist()}).{hint}"
             )
         n_dropped = len(query_genes) - n_matched
-        if n_dropped:
-            hint = ""
-            if not case_insensitive:
+        n_missing = len(vocabulary) - n_matched
+        # Warn when query genes are ignored, or when most of the vocabulary is missing: the
+        # cells are then read mostly from the missing token.
+        if n_dropped or n_missing > len(vocabulary) / 2:
+            hint = naming_hint(vocabulary, query_genes)
+            if not case_insensitive and not hint:
                 by_case = (
                     int(match_genes_to_vocabulary(vocabulary, query_genes, True).notna().sum()) - n_matched
                 )
@@ -86,10 +89,15 @@ class QueryMixin:
                         f" {by_case} of them differ from a vocabulary gene only by case (e.g. mouse "
                         "'Gad1' vs human 'GAD1'): pass case_insensitive=True to match them."
                     )
-            warnings.warn(
+            ignored = (
                 f"{n_dropped} of the query's {len(query_genes)} genes are not in the reference vocabulary "
-                f"and are ignored; {len(vocabulary) - n_matched} of the {len(vocabulary)} vocabulary genes "
-                f"are missing from the query and get the missing token.{hint}",
+                f"and are ignored; "
+                if n_dropped
+                else f"all {len(query_genes)} of the query's genes are in the reference vocabulary, but "
+            )
+            warnings.warn(
+                f"{ignored}{n_missing} of the {len(vocabulary)} vocabulary genes are missing from the query "
+                f"and get the missing token.{hint}",
                 UserWarning,
                 stacklevel=2,
             )

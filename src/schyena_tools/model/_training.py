@@ -59,6 +59,22 @@ def _without_lightning_tips():
         lightning_log.removeFilter(tips)
 
 
+#: Optimiser settings: they belong in ``plan_kwargs``, never among the Trainer's keywords.
+PLAN_KEYS = ("lr", "weight_decay", "eps", "optimizer", "head_lr_factor", "warmup_fraction", "cosine_decay")
+
+
+def check_trainer_kwargs(method: str, trainer_kwargs: dict) -> None:
+    """An optimiser setting passed where Lightning's Trainer keywords go: a clear error, early."""
+    misplaced = [key for key in PLAN_KEYS if key in trainer_kwargs]
+    if misplaced:
+        shown = ", ".join(f"{key!r}: {trainer_kwargs[key]!r}" for key in misplaced)
+        raise ValueError(
+            f"{method}() passes its other keywords to Lightning's Trainer, and {misplaced} "
+            f"{'is an optimiser setting' if len(misplaced) == 1 else 'are optimiser settings'}: "
+            f"pass plan_kwargs={{{shown}}} instead."
+        )
+
+
 def check_phase_arguments(max_epochs, batch_size, plan_kwargs: dict | None) -> None:
     """Epochs, minibatch size and optimiser settings of a training phase, before any work."""
     check_batch_size(batch_size)
@@ -280,6 +296,7 @@ class TrainingMixin:
         >>> model.train(max_epochs=50, checkpoint_dir="ckpt/", resume_from="ckpt/")
 
         """
+        check_trainer_kwargs("train", trainer_kwargs)
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be between 0 and 1 (exclusive), got {mask_ratio}")
         zero_mask_ratio = mask_ratio / 10 if zero_mask_ratio is None else zero_mask_ratio

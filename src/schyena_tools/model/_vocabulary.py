@@ -9,10 +9,53 @@ module's ``gene_index`` holds), and :func:`output_columns` picks the genes a per
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+#: An Ensembl gene ID (human ENSG, mouse ENSMUSG, ...), with an optional version suffix.
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{11}(\.\d+)?$")
+_VERSION = re.compile(r"\.\d+$")
+
+
+def _share(names: pd.Index, pattern: re.Pattern) -> float:
+    sample = names[: min(len(names), 2000)]
+    return float(np.mean([bool(pattern.search(str(name))) for name in sample])) if len(sample) else 0.0
+
+
+def naming_hint(vocabulary: pd.Index, query_genes: pd.Index) -> str:
+    """Why few genes match when the two sides name genes differently, and the fix; else ``""``.
+
+    Recognises gene symbols against Ensembl IDs (either way round) and Ensembl IDs whose
+    version suffixes (``ENSMUSG00000000001.4``) differ between the two sides.
+    """
+    query_ids, vocabulary_ids = _share(query_genes, _ENSEMBL) > 0.5, _share(vocabulary, _ENSEMBL) > 0.5
+    if query_ids and not vocabulary_ids:
+        return (
+            " The query's var_names are Ensembl gene IDs and the model's vocabulary is gene symbols: "
+            "put the symbols in var_names first (often adata.var_names = adata.var['gene_symbols'], "
+            "then adata.var_names_make_unique())."
+        )
+    if vocabulary_ids and not query_ids:
+        return (
+            " The model's vocabulary is Ensembl gene IDs and the query's var_names are gene symbols: "
+            "put the Ensembl IDs in var_names first (e.g. adata.var_names = adata.var['gene_ids'])."
+        )
+    if query_ids and vocabulary_ids:
+        stripped_query = pd.Index(query_genes.str.replace(_VERSION, "", regex=True))
+        stripped_vocabulary = pd.Index(vocabulary.str.replace(_VERSION, "", regex=True))
+        exact = len(vocabulary.intersection(query_genes))
+        if len(stripped_vocabulary.intersection(stripped_query)) > exact:
+            side = "query's" if _share(query_genes, _VERSION) > 0.5 else "model's"
+            fix = (
+                "strip them: adata.var_names = adata.var_names.str.replace(r'\\.\\d+$', '', regex=True)"
+                if side == "query's"
+                else "give the query the model's versioned IDs (the vocabulary cannot be changed)"
+            )
+            return f" The Ensembl IDs differ only in their version suffixes (the {side} carry them): {fix}."
+    return ""
 
 
 def match_genes_to_vocabulary(
