@@ -16,7 +16,7 @@ from schyena_tools.validation import check_number
 
 from ._checkpoint import RestoreBestWeights
 from ._linear_readout import fit_linear_readout, probe_cells
-from ._results import check_keys_free, store
+from ._results import check_keys_free, fill_rows, store
 from ._training import DEFAULT_BATCH_SIZE, check_plan_kwargs, check_trainer_kwargs
 from ._training_plan import is_distributed
 
@@ -342,11 +342,12 @@ class ClassificationMixin:
         self, adata: AnnData, indices, batch_size: int | None, progress_bar: str | None = None
     ) -> np.ndarray:
         """Softmax of the classification head for validated ``adata``, ``(cells, classes)``."""
-        chunks = [
+        chunks = (
             torch.softmax(out["logits"].float(), dim=1).cpu().numpy()
             for _, out in self._inference_batches(adata, indices, batch_size, progress_bar)
-        ]
-        return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(self._label_classes())))
+        )
+        n_cells = adata.n_obs if indices is None else len(indices)
+        return fill_rows(chunks, n_cells, len(self._label_classes()))
 
     def predict(
         self,

@@ -13,7 +13,7 @@ from anndata import AnnData
 from schyena_tools.module import log_normalize
 
 from ._out_of_core import check_out_file, write_rows_to_h5ad
-from ._results import check_keys_free, store
+from ._results import check_keys_free, fill_rows, store
 from ._training import check_trainer_kwargs
 from ._vocabulary import output_columns
 
@@ -218,8 +218,7 @@ class ImputationMixin:
         )
         if out_file is not None:
             return write_rows_to_h5ad(out_file, target, names, chunks)
-        chunks = list(chunks)
-        result = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(names)), np.float32)
+        result = fill_rows(chunks, target.n_obs if indices is None else len(indices), len(names))
         if key_added is not None:
             store(destination, "layers", key_added, result)
         if return_numpy:

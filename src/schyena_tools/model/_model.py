@@ -33,7 +33,7 @@ from ._hub import HubMixin
 from ._imputation import ImputationMixin
 from ._progress import progress
 from ._query import QueryMixin
-from ._results import check_keys_free, store
+from ._results import check_keys_free, fill_rows, store
 from ._save_load import SAVE_FORMAT_VERSION, SaveLoadMixin, package_version
 from ._training import DEFAULT_BATCH_SIZE, TrainingMixin
 from ._training_plan import SCHyenaTrainingPlan
@@ -350,15 +350,14 @@ class SCHyena(
         if key_added is not None:
             check_keys_free(destination, "obsm", [key_added], overwrite, indices)
         target = self._validate_anndata(adata)
-        parts = [
+        chunks = (
             out["cell_embedding"].float().cpu().numpy()
             for _, out in self._inference_batches(
                 target, indices, batch_size, progress_bar="Embedding" if progress_bar else None
             )
-        ]
-        embedding = (
-            np.concatenate(parts, axis=0) if parts else np.zeros((0, self.module.embedding_dim), np.float32)
         )
+        n_cells = target.n_obs if indices is None else len(indices)
+        embedding = fill_rows(chunks, n_cells, self.module.embedding_dim)
         if key_added is not None:
             store(destination, "obsm", key_added, embedding)
         return embedding

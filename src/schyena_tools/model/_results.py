@@ -8,8 +8,9 @@ rules checked *before* any work is done: an existing key is never overwritten un
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 from anndata import AnnData
 
 SLOTS = ("obsm", "obs", "layers")
@@ -39,3 +40,22 @@ def check_keys_free(
 def store(adata: AnnData, slot: str, key: str, value) -> None:
     """``adata.<slot>[key] = value`` (after :func:`check_keys_free`)."""
     getattr(adata, slot)[key] = value
+
+
+def fill_rows(chunks: Iterable[np.ndarray], n_rows: int, n_cols: int, dtype=np.float32) -> np.ndarray:
+    """The minibatch results ``chunks`` (rows in order) copied into one preallocated array.
+
+    Collecting small per-minibatch arrays in a list and concatenating them at the end keeps
+    thousands of small allocations alive while each minibatch's large temporaries come and go,
+    which fragments the C heap: embedding 200,000 file-backed cells grew the process's resident
+    memory by about 1 GB that way (``benchmarks/large_data.py``), where one preallocated array
+    keeps it flat.
+    """
+    result = np.empty((n_rows, n_cols), dtype=dtype)
+    filled = 0
+    for chunk in chunks:
+        result[filled : filled + chunk.shape[0]] = chunk
+        filled += chunk.shape[0]
+    if filled != n_rows:
+        raise RuntimeError(f"expected {n_rows} rows of results, got {filled}")
+    return result
