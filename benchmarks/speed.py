@@ -268,8 +268,8 @@ def main(argv=None):
                 for length in [FULL_LENGTH]:
                     pair = {}
                     # baseline: the frozen pre-speed-work network; previous: this network with
-                    # torch.fft on the CPU (schyena-tools 0.1.0's kernel); current: the default.
-                    for impl, backend in (("baseline", None), ("previous", "torch"), ("current", None)):
+                    # torch.fft (the default); current: with SciPy's pocketfft on the CPU.
+                    for impl, backend in (("baseline", None), ("previous", "torch"), ("current", "scipy")):
                         if time.monotonic() > deadline:
                             pair[impl] = {"status": "not run"}
                             continue
@@ -451,8 +451,8 @@ def report_markdown(payload) -> str:
             f"Device: {meta['device_description']}, {meta['dtype']}. `before` is the network as of "
             "commit 9cd6428 (`benchmarks/_baseline_nn.py`).",
             "",
-            "`previous` is this network with `torch.fft` on the CPU (the kernel of "
-            "schyena-tools 0.1.0); `after` is the default (SciPy's pocketfft on the CPU).",
+            "`previous` is this network with `torch.fft` (the default); `after` is the same "
+            "network with SciPy's pocketfft for the CPU FFTs (`use_fft_backend('scipy')`).",
             "",
             "| model | mode | genes | before s/batch | previous s/batch | after s/batch "
             "| after vs previous | after vs before | before / previous / after peak MB |",
