@@ -88,9 +88,10 @@ class HubMixin:
 
         Returns
         -------
-        The :class:`scvi.hub.HubModel` of the folder. ``hub_model.push_to_huggingface_hub(repo_name,
-        repo_token)`` shares it (network needed); ``scvi.hub.HubModel(dir_path).load_model(adata)``
-        loads it back, from this folder or from a downloaded one.
+        The :class:`scvi.hub.HubModel` of the folder.
+        ``hub_model.push_to_huggingface_hub(repo_name, repo_token)`` shares it (network
+        needed); ``scvi.hub.HubModel(dir_path).load_model(adata)`` loads it back, from this
+        folder or from a downloaded one.
 
         """
         import anndata
