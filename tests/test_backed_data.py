@@ -16,9 +16,9 @@ from ._helpers import SMALL, TINY, unregistered_copy
 def test_embedding_a_file_backed_anndata_in_bounded_memory(trained, tmp_path, monkeypatch):
     """scvi-tools' loader reads minibatches from a backed sparse X; X is never loaded whole.
 
-    Measured at two sizes: the peak of Python-side allocations (tracemalloc: numpy, including
-    SciPy's per-minibatch FFT buffers; torch's own allocations are not seen) stays flat when the
-    number of cells triples, and below the size of X.
+    Measured at two sizes: the peak of Python-side allocations (tracemalloc sees numpy arrays,
+    e.g. the minibatch reads and SciPy's FFT buffers where that back-end is chosen; not torch's
+    own allocations) stays flat when the number of cells triples, and below the size of X.
     """
     import tracemalloc
 
