@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nn import CellTypeClassifier
+from ..nn import CellTypeClassifier, DoubletClassifier
 from ..validation import check_number
 
 #: Labelled cells the probe is fitted on at most (a random subset beyond that): the features
@@ -31,57 +31,24 @@ def probe_cells(train_idx: np.ndarray, seed: int, max_cells: int = PROBE_MAX_CEL
     return np.sort(np.random.default_rng(seed).choice(train_idx, max_cells, replace=False))
 
 
-def fit_linear_readout(
-    head: CellTypeClassifier,
-    cell_embedding: torch.Tensor,
-    expression: torch.Tensor,
-    missing: torch.Tensor | None,
+def solve_logistic(
+    features: torch.Tensor,
     labels: torch.Tensor,
-    penalty: float = 1.0,
+    n_classes: int,
+    penalty: float,
     max_iter: int = 500,
-) -> float:
-    """Fit ``head``'s standardisation, cell and expression weights and bias; returns the loss.
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """L2-penalised multinomial logistic regression by L-BFGS: ``(weight, bias, loss)``.
 
-    Minimises ``sum_i CE(logits_i, y_i) + penalty / 2 * (|W_cell|^2 + |W_expr|^2)`` (the bias is
-    not penalised) in float64 with L-BFGS and a strong-Wolfe line search, then writes the result
-    into ``head`` (float32). The contextualised gene-state path (``gene_linear``) is set to
-    zero: fine-tuning learns it from there.
-
-    Parameters
-    ----------
-    head
-        The classifier head to fit, in place.
-    cell_embedding
-        ``(cells, d_model)`` embeddings of the training cells from the frozen encoder.
-    expression
-        ``(cells, genes)`` log-normalised expression in vocabulary order.
-    missing
-        ``(genes,)`` or ``(cells, genes)`` bool, True for genes not measured; or ``None``.
-    labels
-        ``(cells,)`` class indices in ``[0, head.out_features)``.
-    penalty
-        L2 penalty (scikit-learn's ``1 / C``).
-    max_iter
-        L-BFGS iterations at most.
-
+    Minimises ``sum_i CE(x_i W^T + b, y_i) + penalty / 2 * |W|^2`` (the bias is not penalised)
+    in the dtype of ``features`` with a strong-Wolfe line search: scikit-learn's
+    ``LogisticRegression(C=1 / penalty)``.
     """
     check_number(penalty, "penalty", minimum=0, exclusive_minimum=True)
-    cell_embedding, expression = cell_embedding.float().cpu(), expression.float().cpu()
+    features = features.detach()
     labels = labels.long().cpu()
-    device = head.cell_linear.weight.device
-    measured_expression = expression
-    if missing is not None:
-        missing = missing.cpu()
-        measured_expression = expression.masked_fill(missing.expand_as(expression), float("nan"))
-    head_cpu = head.to("cpu")
-    head_cpu.set_standardization(cell_embedding, measured_expression)
-    with torch.no_grad():
-        cells, genes = head_cpu.standardized_inputs(cell_embedding, expression, missing)
-    # A plain tensor (the features may come from inference mode) in float64 for the solver.
-    features = torch.cat([cells, genes], dim=1).double().clone()
-    n_classes = head.out_features
-    weight = torch.zeros(n_classes, features.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    weight = torch.zeros(n_classes, features.shape[1], dtype=features.dtype, requires_grad=True)
+    bias = torch.zeros(n_classes, dtype=features.dtype, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
@@ -101,11 +68,119 @@ def fit_linear_readout(
 
     optimizer.step(objective)
     final = float(objective().detach())
+    return weight.detach(), bias.detach(), final
+
+
+def readout_features(
+    head: CellTypeClassifier,
+    cell_embedding: torch.Tensor,
+    expression: torch.Tensor,
+    missing: torch.Tensor | None,
+    log_depth: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """The standardised inputs of ``head``'s fitted paths, side by side: ``(cells, features)``.
+
+    ``[cell embedding | expression | depth]`` (depth only with a
+    :class:`~schyena_tools.nn.DoubletClassifier` and ``log_depth``), standardised with the
+    head's buffers; the features the probe's logistic regression reads.
+    """
+    device = head.cell_linear.weight.device
     with torch.no_grad():
-        d_model = cells.shape[1]
-        head_cpu.cell_linear.weight.copy_(weight[:, :d_model])
-        head_cpu.cell_linear.bias.copy_(bias)
-        head_cpu.expression_linear.weight.copy_(weight[:, d_model:])
-        head_cpu.gene_linear.weight.zero_()
+        cells, genes = head.standardized_inputs(
+            cell_embedding.float().to(device),
+            expression.float().to(device),
+            None if missing is None else missing.to(device),
+        )
+        parts = [cells, genes]
+        if log_depth is not None and isinstance(head, DoubletClassifier):
+            parts.append(head.standardized_depth(log_depth.to(device)))
+        # A plain tensor (the features may come from inference mode) for the solver.
+        return torch.cat(parts, dim=1).to("cpu", dtype).clone()
+
+
+def set_readout_standardization(
+    head: CellTypeClassifier,
+    cell_embedding: torch.Tensor,
+    expression: torch.Tensor,
+    missing: torch.Tensor | None,
+    log_depth: torch.Tensor | None = None,
+) -> None:
+    """Fill ``head``'s standardisation buffers from these cells (missing genes left out)."""
+    cell_embedding, expression = cell_embedding.float().cpu(), expression.float().cpu()
+    measured_expression = expression
+    if missing is not None:
+        measured_expression = expression.masked_fill(missing.cpu().expand_as(expression), float("nan"))
+    device = head.cell_linear.weight.device
+    head_cpu = head.to("cpu")
+    head_cpu.set_standardization(cell_embedding, measured_expression)
+    if log_depth is not None and isinstance(head, DoubletClassifier):
+        head_cpu.set_depth_standardization(log_depth)
     head.to(device)
+
+
+def write_readout_weights(head: CellTypeClassifier, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Write a solved ``(weight, bias)`` (columns as :func:`readout_features`) into ``head``.
+
+    The contextualised gene-state path (``gene_linear``) is set to zero: fine-tuning learns it
+    from there.
+    """
+    d_model = head.cell_linear.in_features
+    n_genes = head.expression_linear.in_features
+    weight, bias = weight.to(head.cell_linear.weight.device), bias.to(head.cell_linear.weight.device)
+    with torch.no_grad():
+        head.cell_linear.weight.copy_(weight[:, :d_model])
+        head.cell_linear.bias.copy_(bias)
+        head.expression_linear.weight.copy_(weight[:, d_model : d_model + n_genes])
+        head.gene_linear.weight.zero_()
+        if isinstance(head, DoubletClassifier):
+            depth = weight[:, d_model + n_genes :]
+            head.depth_linear.weight.copy_(
+                depth if depth.shape[1] else torch.zeros_like(head.depth_linear.weight)
+            )
+
+
+def fit_linear_readout(
+    head: CellTypeClassifier,
+    cell_embedding: torch.Tensor,
+    expression: torch.Tensor,
+    missing: torch.Tensor | None,
+    labels: torch.Tensor,
+    penalty: float = 1.0,
+    max_iter: int = 500,
+    log_depth: torch.Tensor | None = None,
+) -> float:
+    """Fit ``head``'s standardisation, cell and expression weights and bias; returns the loss.
+
+    Minimises ``sum_i CE(logits_i, y_i) + penalty / 2 * (|W_cell|^2 + |W_expr|^2)`` (the bias is
+    not penalised) in float64 with L-BFGS and a strong-Wolfe line search (:func:`solve_logistic`),
+    then writes the result into ``head`` (float32). The contextualised gene-state path
+    (``gene_linear``) is set to zero: fine-tuning learns it from there.
+
+    Parameters
+    ----------
+    head
+        The classifier head to fit, in place.
+    cell_embedding
+        ``(cells, d_model)`` embeddings of the training cells from the frozen encoder.
+    expression
+        ``(cells, genes)`` log-normalised expression in vocabulary order.
+    missing
+        ``(genes,)`` or ``(cells, genes)`` bool, True for genes not measured; or ``None``.
+    labels
+        ``(cells,)`` class indices in ``[0, head.out_features)``.
+    penalty
+        L2 penalty (scikit-learn's ``1 / C``).
+    max_iter
+        L-BFGS iterations at most.
+    log_depth
+        ``(cells,)`` ``log1p`` total counts, read by a
+        :class:`~schyena_tools.nn.DoubletClassifier` (ignored by other heads).
+
+    """
+    check_number(penalty, "penalty", minimum=0, exclusive_minimum=True)
+    set_readout_standardization(head, cell_embedding, expression, missing, log_depth)
+    features = readout_features(head, cell_embedding, expression, missing, log_depth)
+    weight, bias, final = solve_logistic(features, labels, head.out_features, penalty, max_iter)
+    write_readout_weights(head, weight, bias)
     return final

@@ -2,9 +2,9 @@
 
 The face only: construction, ``setup_anndata``, the checks on every use, the one inference
 loop and the cell embedding. Training (:mod:`._training`), classification
-(:mod:`._classification`), imputation (:mod:`._imputation`), saving and loading
-(:mod:`._save_load`), sharing through scvi.hub (:mod:`._hub`) and other gene panels
-(:mod:`._query`) are mixins in their own files.
+(:mod:`._classification`), doublet detection (:mod:`._doublets`), imputation
+(:mod:`._imputation`), saving and loading (:mod:`._save_load`), sharing through scvi.hub
+(:mod:`._hub`) and other gene panels (:mod:`._query`) are mixins in their own files.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from schyena_tools.module import SCHyenaModule
 from schyena_tools.validation import check_anndata, check_batch_size, check_number
 
 from ._classification import ClassificationMixin
+from ._doublets import DoubletMixin
 from ._hub import HubMixin
 from ._imputation import ImputationMixin
 from ._progress import progress
@@ -43,7 +44,14 @@ logger = logging.getLogger(__name__)
 
 
 class SCHyena(
-    ClassificationMixin, ImputationMixin, TrainingMixin, SaveLoadMixin, HubMixin, QueryMixin, BaseModelClass
+    ClassificationMixin,
+    DoubletMixin,
+    ImputationMixin,
+    TrainingMixin,
+    SaveLoadMixin,
+    HubMixin,
+    QueryMixin,
+    BaseModelClass,
 ):
     """scHyena: a foundation model that reads every gene of a cell (Oh et al., 2023).
 
@@ -296,12 +304,28 @@ class SCHyena(
         loader = self._make_data_loader(
             adata=adata, indices=indices, batch_size=batch_size or DEFAULT_BATCH_SIZE
         )
+        batches = (tensors[REGISTRY_KEYS.X_KEY] for tensors in loader)
+        yield from self._inference_on_counts(batches, progress_bar, len(loader), **inference_kwargs)
+
+    def _inference_on_counts(
+        self,
+        batches: Iterator[torch.Tensor],
+        progress_bar: str | None = None,
+        total: int | None = None,
+        **inference_kwargs,
+    ) -> Iterator[tuple[torch.Tensor, dict]]:
+        """:meth:`_inference_batches` on minibatches of counts given as tensors.
+
+        ``batches`` yields ``(cells, registered genes)`` raw counts (e.g. artificial doublets
+        that no AnnData holds); ``total``: their number, for the progress bar.
+        """
         was_training = self.module.training
         self.module.eval()
         try:
             with torch.inference_mode():
-                for tensors in progress(loader, progress_bar or "", show=progress_bar is not None):
-                    counts = tensors[REGISTRY_KEYS.X_KEY]
+                for counts in progress(
+                    batches, progress_bar or "", show=progress_bar is not None, total=total
+                ):
                     yield counts, self.module.inference(counts, **inference_kwargs)
         finally:
             self.module.train(was_training)

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from schyena_tools.nn import CellExpressionHead, CellTypeClassifier, SCHyenaEncoder
+from schyena_tools.nn import CellExpressionHead, CellTypeClassifier, DoubletClassifier, SCHyenaEncoder
 
-OBJECTIVES = ("pretrain", "classify", "impute")
+OBJECTIVES = ("pretrain", "classify", "impute", "doublet")
 
 #: Target index that cross-entropy ignores: cells with the unlabeled category.
 IGNORE_LABEL = -100
@@ -66,6 +66,29 @@ def sample_expression_mask(
     if missing is not None:
         masked = masked & ~missing
     return masked
+
+
+def add_artificial_doublets(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append one artificial doublet per cell: the summed counts of two different cells.
+
+    As scrublet and scvi-tools' SOLO make them: the raw counts of two cells drawn at random
+    (here: a random pairing of the minibatch's cells, each cell in two pairs) are added, so a
+    doublet has the mixed profile and about twice the depth of a captured cell. Returns the
+    ``(2 * cells, genes)`` counts and the ``(2 * cells,)`` targets (0 real, 1 doublet). A
+    minibatch of one cell gets no doublet.
+    """
+    n_cells = counts.shape[0]
+    if n_cells < 2:
+        return counts, torch.zeros(n_cells, dtype=torch.long, device=counts.device)
+    order = torch.randperm(n_cells, device=counts.device)
+    doublets = counts[order] + counts[order.roll(1)]
+    targets = torch.cat(
+        [
+            torch.zeros(n_cells, dtype=torch.long, device=counts.device),
+            torch.ones(n_cells, dtype=torch.long, device=counts.device),
+        ]
+    )
+    return torch.cat([counts, doublets]), targets
 
 
 class SCHyenaModule(BaseModuleClass):
@@ -127,6 +150,7 @@ class SCHyenaModule(BaseModuleClass):
         self.cell_expression_head = CellExpressionHead(d_model, n_genes)
         self.n_labels = n_labels
         self.classifier = CellTypeClassifier(d_model, n_genes, n_labels) if n_labels > 0 else None
+        self.doublet_classifier = DoubletClassifier(d_model, n_genes)
         if gene_index is not None:
             gene_index = torch.as_tensor(gene_index, dtype=torch.long)
             if gene_index.shape != (n_genes,):
@@ -164,6 +188,7 @@ class SCHyenaModule(BaseModuleClass):
         dropout_ratio: float | None = None,
         mask_zeros: bool = False,
         zero_score_ratio: float | None = None,
+        add_doublets: bool = False,
     ) -> dict:
         """Normalise, align to the vocabulary, optionally mask, and encode.
 
@@ -191,9 +216,17 @@ class SCHyenaModule(BaseModuleClass):
             that really read zero, pooled with the dropped entries in one mean (scMamba's
             imputation recipe: 40% of non-zeros, 4% of zeros). The chosen zeros are returned as
             ``scored_zeros``. ``None``: every true zero is scored, as its own group.
+        add_doublets
+            Doublet-detector training: append one artificial doublet per cell to the minibatch
+            (:func:`add_artificial_doublets`); the outputs then cover ``2 * cells`` rows and
+            ``doublet_targets`` says which are doublets.
 
         """
         counts = counts.float()
+        doublet_targets = None
+        if add_doublets:
+            counts, doublet_targets = add_artificial_doublets(counts)
+        log_depth = torch.log1p(counts.sum(dim=1))
         dropped = None
         if dropout_ratio is not None:
             dropped = (counts > 0) & (torch.rand_like(counts) < dropout_ratio)
@@ -225,7 +258,10 @@ class SCHyenaModule(BaseModuleClass):
             "predicted_expression": out.predicted_expression,
             "cell_embedding": out.cell_embedding,
             "cell_predicted_expression": cell_prediction,
+            "log_depth": log_depth,
         }
+        if doublet_targets is not None:
+            result["doublet_targets"] = doublet_targets
         if dropped is not None:
             dropped_aligned, _ = self.align_to_vocabulary(dropped.float())
             targets_aligned, _ = self.align_to_vocabulary(dropout_targets)
@@ -238,6 +274,10 @@ class SCHyenaModule(BaseModuleClass):
             # The expression path reads what the encoder read: masked values count as unseen.
             unseen = missing if masked is None else (masked if missing is None else masked | missing)
             result["logits"] = self.classifier(out.cell_embedding, out.hidden, values, unseen)
+        if masked is None:  # the doublet detector reads every value
+            result["doublet_logits"] = self.doublet_classifier(
+                out.cell_embedding, out.hidden, values, missing, log_depth
+            )
         return result
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
@@ -256,7 +296,7 @@ class SCHyenaModule(BaseModuleClass):
         label_smoothing: float = 0.0,
         **kwargs,
     ) -> LossOutput:
-        """Loss of the training ``objective``: ``"pretrain"``, ``"classify"`` or ``"impute"``.
+        """Loss of the training ``objective``: ``"pretrain"``, ``"classify"``, ``"impute"`` or ``"doublet"``.
 
         ``label_smoothing`` applies to ``"classify"`` (see :func:`torch.nn.functional.cross_entropy`).
         """
@@ -266,6 +306,8 @@ class SCHyenaModule(BaseModuleClass):
             return self.classification_loss(tensors, inference_outputs, label_smoothing)
         if objective == "impute":
             return self.imputation_loss(inference_outputs)
+        if objective == "doublet":
+            return self.doublet_loss(inference_outputs)
         raise ValueError(f"unknown training objective {objective!r}; expected one of {OBJECTIVES}")
 
     @staticmethod
@@ -331,6 +373,24 @@ class SCHyenaModule(BaseModuleClass):
             loss=loss,
             reconstruction_loss=per_cell,
             extra_metrics={"accuracy": accuracy.detach(), "labelled_fraction": labelled.float().mean()},
+        )
+
+    @staticmethod
+    def doublet_loss(inference_outputs: dict) -> LossOutput:
+        """Cross-entropy of the doublet head on real cells (0) and artificial doublets (1).
+
+        Needs ``add_doublets=True`` in :meth:`inference`; logs ``doublet_accuracy``.
+        """
+        targets = inference_outputs.get("doublet_targets")
+        if targets is None:
+            raise RuntimeError("doublet loss needs artificial doublets; pass add_doublets=True to inference")
+        logits = inference_outputs["doublet_logits"]
+        per_cell = F.cross_entropy(logits, targets.to(logits.device), reduction="none")
+        accuracy = (logits.argmax(1) == targets.to(logits.device)).float().mean()
+        return LossOutput(
+            loss=per_cell.mean(),
+            reconstruction_loss=per_cell,
+            extra_metrics={"doublet_accuracy": accuracy.detach()},
         )
 
     @staticmethod

@@ -20,7 +20,7 @@ from ._fftconv import (
     pad_filters,
     use_fft_backend,
 )
-from ._heads import CellExpressionHead, CellStandardize, CellTypeClassifier
+from ._heads import CellExpressionHead, CellStandardize, CellTypeClassifier, DoubletClassifier
 from ._hyena import BidirectionalHyenaOperator, HyenaBlock, ImplicitLongFilter, depthwise_short_conv
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "CellExpressionHead",
     "CellStandardize",
     "CellTypeClassifier",
+    "DoubletClassifier",
     "EncoderOutput",
     "HyenaBlock",
     "ImplicitLongFilter",

@@ -196,3 +196,66 @@ class CellTypeClassifier(nn.Module):
 def _scale(std: torch.Tensor) -> torch.Tensor:
     """Standard deviations as scales: constant dimensions (std ~ 0) keep scale 1."""
     return torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
+class DoubletClassifier(CellTypeClassifier):
+    """Doublet logits: :class:`CellTypeClassifier`'s readout plus one for the cell's depth.
+
+    Two classes, singlet (0) and doublet (1). The same three linear paths as the cell-type
+    head (standardised cell embedding, standardised expression, gene states), and a fourth:
+    the standardised ``log1p`` of the cell's total counts. Two captured cells carry about twice
+    the counts of one, and the encoder never sees depth (every cell is library-size normalised
+    before it is read), so the depth goes to the readout directly, as it does in scDblFinder.
+
+    A model saved before this head existed loads it untrained (at its initial values).
+
+    Parameters
+    ----------
+    d_model
+        Width of the token states and of the cell embedding.
+    n_genes
+        Vocabulary size.
+    dropout, clip
+        As in :class:`CellTypeClassifier`.
+
+    """
+
+    def __init__(self, d_model: int, n_genes: int, dropout: float = 0.1, clip: float = 10.0):
+        super().__init__(d_model, n_genes, 2, dropout=dropout, clip=clip)
+        self.depth_linear = nn.Linear(1, 2, bias=False)
+        nn.init.zeros_(self.depth_linear.weight)
+        self.register_buffer("depth_mean", torch.zeros(1))
+        self.register_buffer("depth_scale", torch.ones(1))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args, **kwargs):
+        if not any(key.startswith(prefix) for key in state_dict):
+            # Saved before the doublet head existed: it stays at its initial (untrained) values.
+            for name, value in self.state_dict().items():
+                state_dict[prefix + name] = value.clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)
+
+    @torch.no_grad()
+    def set_depth_standardization(self, log_depth: torch.Tensor) -> None:
+        """Standardise the depth input with the mean and standard deviation of ``(cells, 1)``."""
+        log_depth = log_depth.float().reshape(-1, 1)
+        self.depth_mean.copy_(log_depth.mean(0))
+        self.depth_scale.copy_(_scale(log_depth.std(0, unbiased=False)))
+
+    def standardized_depth(self, log_depth: torch.Tensor) -> torch.Tensor:
+        """``(cells, 1)`` standardised ``log1p`` total counts, clipped like the other inputs."""
+        depth = (log_depth.float().reshape(-1, 1) - self.depth_mean) / self.depth_scale
+        return depth.clamp(-self.clip, self.clip)
+
+    def forward(
+        self,
+        cell_embedding: torch.Tensor,
+        hidden: torch.Tensor,
+        expression: torch.Tensor,
+        missing: torch.Tensor | None = None,
+        log_depth: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """As :meth:`CellTypeClassifier.forward`, plus ``log_depth`` ``(cells,)`` -> ``(cells, 2)``."""
+        logits = super().forward(cell_embedding, hidden, expression, missing)
+        if log_depth is not None:
+            logits = logits + self.depth_linear(self.standardized_depth(log_depth))
+        return logits
