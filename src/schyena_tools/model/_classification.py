@@ -15,7 +15,21 @@ from scvi import REGISTRY_KEYS
 from schyena_tools.validation import check_number
 
 from ._checkpoint import RestoreBestWeights
-from ._linear_readout import fit_linear_readout, probe_cells
+from ._confidence import (
+    UNKNOWN_NEIGHBOURS,
+    fit_temperature,
+    reference_distances,
+    unknown_features,
+    unknown_scores,
+)
+from ._linear_readout import (
+    cross_fitted_logits,
+    probe_cells,
+    readout_features,
+    set_readout_standardization,
+    solve_logistic,
+    write_readout_weights,
+)
 from ._results import check_keys_free, fill_rows, store
 from ._training import DEFAULT_BATCH_SIZE, check_plan_kwargs, check_trainer_kwargs
 from ._training_plan import is_distributed
@@ -110,6 +124,7 @@ class ClassificationMixin:
         freeze_encoder: bool = False,
         linear_probe: bool = True,
         probe_penalty: float = 1.0,
+        calibrate: bool = True,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float = 1.0,
@@ -178,6 +193,13 @@ class ClassificationMixin:
             random). With ``max_epochs=0`` (or ``None``) the probe is the whole training.
         probe_penalty
             L2 penalty of the linear probe (scikit-learn's ``1 / C``).
+        calibrate
+            Fit a temperature that makes the confidences of :meth:`predict` calibrated
+            (temperature scaling; the labels do not change): on the probe's out-of-fold
+            predictions of its training cells (5-fold cross-fitting, no cell held back), or,
+            after fine-tuning with validation cells, on theirs. After fine-tuning without
+            validation cells the temperature is 1 (uncalibrated: pass ``train_size < 1``).
+            Stored as ``model.classifier_temperature_``.
         accelerator, devices
             Where to train, as in Lightning.
         train_size
@@ -255,13 +277,17 @@ class ClassificationMixin:
         }
         check_plan_kwargs(plan)  # before the probe: no work is done with a bad setting
 
+        self.classifier_temperature_ = 1.0
         if linear_probe:
             self._fit_linear_probe(
                 probe_cells(train_idx, settings.seed),
                 batch_size,
                 probe_penalty,
                 show_progress=trainer_kwargs.get("enable_progress_bar", True),
+                calibrate=calibrate,
             )
+        else:
+            self._set_unknown_reference(probe_cells(train_idx, settings.seed), batch_size)
         if max_epochs == 0:
             self.is_classifier_trained_ = True
             self.classifier_best_epoch_ = None
@@ -294,15 +320,34 @@ class ClassificationMixin:
                 parameter.requires_grad_(True)
         self.is_classifier_trained_ = True
         self.classifier_best_epoch_ = None if best is None else best.best_epoch
+        # Fine-tuned weights: the probe's temperature no longer applies; validation cells give one.
+        self.classifier_temperature_ = 1.0
+        if validated and calibrate:
+            codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
+            self.classifier_temperature_ = fit_temperature(
+                self._class_logits(self.adata, val_idx), codes[val_idx]
+            )
+        self._set_unknown_reference(probe_cells(train_idx, settings.seed), batch_size)
         self._warn_if_collapsed(
             val_idx if validated else train_idx, "validation" if validated else "training", max_epochs
         )
         return result
 
     def _fit_linear_probe(
-        self, cells: np.ndarray, batch_size: int | None, penalty: float, show_progress: bool = True
+        self,
+        cells: np.ndarray,
+        batch_size: int | None,
+        penalty: float,
+        show_progress: bool = True,
+        calibrate: bool = True,
     ) -> None:
-        """Fit the head's linear readout on the frozen encoder's features of ``cells``."""
+        """Fit the head's linear readout on the frozen encoder's features of ``cells``.
+
+        Also the temperature (from out-of-fold logits, with ``calibrate``) and the reference of
+        the unknown-type score (these cells' embeddings), from the same single pass.
+        """
+        from scvi import settings
+
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
         embeddings, values, missing = [], [], None
         description = "Linear probe: encoding the labelled cells" if show_progress else None
@@ -310,13 +355,33 @@ class ClassificationMixin:
             embeddings.append(out["cell_embedding"].float().cpu())
             values.append(out["values"].float().cpu())
             missing = out["missing"]
-        fit_linear_readout(
-            self.module.classifier,
-            torch.cat(embeddings),
-            torch.cat(values),
-            missing,
-            torch.as_tensor(codes[cells]),
-            penalty=penalty,
+        embedding, expression = torch.cat(embeddings), torch.cat(values)
+        labels = torch.as_tensor(codes[cells]).long()
+        head = self.module.classifier
+        set_readout_standardization(head, embedding, expression, missing)
+        features = readout_features(head, embedding, expression, missing)
+        del expression
+        weight, bias, _ = solve_logistic(features, labels, head.out_features, penalty)
+        write_readout_weights(head, weight, bias)
+        if calibrate and len(cells) >= 10:
+            logits = cross_fitted_logits(features, labels, head.out_features, penalty, seed=settings.seed)
+            self.classifier_temperature_ = fit_temperature(logits, labels)
+        self._store_unknown_reference(embedding)
+
+    def _store_unknown_reference(self, embedding: torch.Tensor) -> None:
+        """Keep the training cells' embeddings: the reference of :meth:`get_unknown_scores`."""
+        reference = unknown_features(embedding)
+        self.unknown_reference_ = reference.numpy()
+        self.unknown_reference_distances_ = reference_distances(reference, UNKNOWN_NEIGHBOURS)
+
+    def _set_unknown_reference(self, cells: np.ndarray, batch_size: int | None) -> None:
+        """The unknown-type reference from the current encoder's embeddings of ``cells``."""
+        chunks = (
+            out["cell_embedding"].float().cpu().numpy()
+            for _, out in self._inference_batches(self.adata, cells, batch_size, None)
+        )
+        self._store_unknown_reference(
+            torch.from_numpy(fill_rows(chunks, len(cells), self.module.embedding_dim))
         )
 
     def _warn_if_collapsed(self, cells: np.ndarray, which: str, max_epochs: int) -> None:
@@ -338,16 +403,53 @@ class ClassificationMixin:
             )
 
     # ------------------------------------------------------------------ prediction
+    def _class_outputs(
+        self, adata: AnnData, indices, batch_size: int | None, progress_bar: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits ``(cells, classes)`` and cell embeddings of validated ``adata``, in one pass."""
+        logits, embeddings = [], []
+
+        def chunks():
+            for _, out in self._inference_batches(adata, indices, batch_size, progress_bar):
+                embeddings.append(out["cell_embedding"].float().cpu().numpy())
+                yield out["logits"].float().cpu().numpy()
+
+        n_cells = adata.n_obs if indices is None else len(indices)
+        logits = fill_rows(chunks(), n_cells, len(self._label_classes()))
+        embedding = np.concatenate(embeddings) if embeddings else np.zeros((0, self.module.embedding_dim))
+        return logits, embedding
+
+    def _class_logits(self, adata: AnnData, indices, batch_size: int | None = None) -> np.ndarray:
+        """The classification head's logits for validated ``adata``, ``(cells, classes)``."""
+        return self._class_outputs(adata, indices, batch_size)[0]
+
+    def _calibrated_probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """``softmax(logits / T)`` with the fitted temperature (1 when none was fitted)."""
+        temperature = getattr(self, "classifier_temperature_", 1.0)
+        return torch.softmax(torch.from_numpy(logits).double() / temperature, dim=1).float().numpy()
+
     def _class_probabilities(
         self, adata: AnnData, indices, batch_size: int | None, progress_bar: str | None = None
     ) -> np.ndarray:
-        """Softmax of the classification head for validated ``adata``, ``(cells, classes)``."""
-        chunks = (
-            torch.softmax(out["logits"].float(), dim=1).cpu().numpy()
-            for _, out in self._inference_batches(adata, indices, batch_size, progress_bar)
+        """Calibrated class probabilities for validated ``adata``, ``(cells, classes)``."""
+        return self._calibrated_probabilities(
+            self._class_outputs(adata, indices, batch_size, progress_bar)[0]
         )
-        n_cells = adata.n_obs if indices is None else len(indices)
-        return fill_rows(chunks, n_cells, len(self._label_classes()))
+
+    def _unknown_scores_of(self, embedding: np.ndarray) -> np.ndarray:
+        """Unknown-type scores of cell embeddings against the stored training cells."""
+        reference = getattr(self, "unknown_reference_", None)
+        if reference is None:
+            raise RuntimeError(
+                "this classifier has no reference cells for the unknown-type score (it was trained "
+                "before schyena-tools 0.4); call model.train_classifier() again."
+            )
+        return unknown_scores(
+            torch.from_numpy(np.asarray(reference)),
+            np.asarray(self.unknown_reference_distances_),
+            unknown_features(torch.from_numpy(embedding)),
+            UNKNOWN_NEIGHBOURS,
+        )
 
     def predict(
         self,
@@ -359,7 +461,10 @@ class ClassificationMixin:
         progress_bar: bool = True,
         key_added: str | None = None,
         overwrite: bool = False,
-    ) -> np.ndarray | pd.DataFrame | tuple[np.ndarray, np.ndarray]:
+        unknown_threshold: float | None = None,
+        return_unknown_score: bool = False,
+        unknown_label: str = "unknown",
+    ) -> np.ndarray | pd.DataFrame | tuple[np.ndarray, ...]:
         """Predict cell types with the classification head (see :meth:`train_classifier`).
 
         Parameters
@@ -373,7 +478,8 @@ class ClassificationMixin:
         batch_size
             Cells per chunk (default 16).
         return_confidence
-            With hard labels, also return each cell's confidence: the largest class probability.
+            With hard labels, also return each cell's confidence: the largest class probability,
+            calibrated by the temperature that :meth:`train_classifier` fitted.
         progress_bar
             Show a progress bar over the minibatches.
         key_added
@@ -383,12 +489,24 @@ class ClassificationMixin:
             columns must not exist (unless ``overwrite``) and ``indices`` must be ``None``.
         overwrite
             Replace existing columns.
+        unknown_threshold
+            Label ``unknown_label`` every cell whose unknown-type score (see
+            :meth:`get_unknown_scores`) is above this value, e.g. 0.99: a cell farther from the
+            labelled training cells than 99% of them are from each other is called a type the
+            reference does not hold. ``None`` (default): every cell gets a known type.
+        return_unknown_score
+            With hard labels, also return the unknown-type scores (after the confidences, if
+            ``return_confidence``).
+        unknown_label
+            Label of the cells above ``unknown_threshold``.
 
         Returns
         -------
         ``soft=False``: array of label strings, one per cell (and, with ``return_confidence``,
-        a float array of confidences). ``soft=True``: DataFrame cells x classes of
-        probabilities (rows sum to 1), indexed by ``obs_names``.
+        a float array of confidences; with ``return_unknown_score``, a float array of
+        unknown-type scores). ``soft=True``: DataFrame cells x classes of
+        probabilities (rows sum to 1), indexed by ``obs_names``. With ``key_added``,
+        ``f"{key_added}_unknown_score"`` is written into ``adata.obs`` too.
         Nothing is written into ``adata`` unless ``key_added`` is given;
         ``model.predict(key_added="schyena")`` stores the results, as does::
 
@@ -405,23 +523,93 @@ class ClassificationMixin:
             )
         if not getattr(self, "is_classifier_trained_", False):
             raise RuntimeError("the classification head is untrained; call model.train_classifier() first.")
+        if unknown_threshold is not None:
+            check_number(unknown_threshold, "unknown_threshold", minimum=0, maximum=1)
+            if unknown_label in classes:
+                raise ValueError(
+                    f"unknown_label={unknown_label!r} is one of the classifier's classes; pass another "
+                    "unknown_label."
+                )
+        wants_unknown = unknown_threshold is not None or return_unknown_score or key_added is not None
+        has_reference = getattr(self, "unknown_reference_", None) is not None
+        if (unknown_threshold is not None or return_unknown_score) and not has_reference:
+            self._unknown_scores_of(np.zeros((0, self.module.embedding_dim), dtype=np.float32))  # raises
         destination = self.adata if adata is None else adata
         columns = [f"{key_added}_prediction", f"{key_added}_confidence"]
+        if has_reference:
+            columns.append(f"{key_added}_unknown_score")
         if key_added is not None:
             if soft:
                 raise ValueError("key_added writes labels and confidences; it cannot be used with soft=True.")
             check_keys_free(destination, "obs", columns, overwrite, indices)
         target = self._validate_anndata(adata)
-        probabilities = self._class_probabilities(
+        logits, embedding = self._class_outputs(
             target, indices, batch_size, progress_bar="Predicting" if progress_bar else None
         )
+        probabilities = self._calibrated_probabilities(logits)
         if soft:
             names = target.obs_names if indices is None else target.obs_names[np.asarray(indices)]
             return pd.DataFrame(probabilities, index=names, columns=classes)
         labels = np.asarray(classes, dtype=object)[probabilities.argmax(1)]
+        confidence = probabilities.max(1).astype(np.float32)
+        unknown = self._unknown_scores_of(embedding) if wants_unknown and has_reference else None
+        categories = list(classes)
+        if unknown_threshold is not None:
+            labels[unknown > unknown_threshold] = unknown_label
+            categories.append(unknown_label)
         if key_added is not None:
-            store(destination, "obs", columns[0], pd.Categorical(labels.astype(str), categories=classes))
-            store(destination, "obs", columns[1], probabilities.max(1).astype(np.float32))
+            store(destination, "obs", columns[0], pd.Categorical(labels.astype(str), categories=categories))
+            store(destination, "obs", columns[1], confidence)
+            if unknown is not None:
+                store(destination, "obs", columns[2], unknown)
+        results = (labels,)
         if return_confidence:
-            return labels, probabilities.max(1)
-        return labels
+            results += (confidence,)
+        if return_unknown_score:
+            results += (unknown,)
+        return results[0] if len(results) == 1 else results
+
+    def get_unknown_scores(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        progress_bar: bool = True,
+    ) -> np.ndarray:
+        """How unlike the labelled training cells each cell is: a score in [0, 1].
+
+        The distance from a cell's (L2-normalised) embedding to its 10th nearest labelled
+        training cell of :meth:`train_classifier`, as the fraction of those training cells
+        that are closer to their own 10th neighbour (a deep nearest-neighbour score, Sun et al.
+        2022). Near 1: the cell lies outside the reference, a candidate for a type the
+        classifier never saw; pass ``unknown_threshold`` to :meth:`predict` to label such
+        cells ``"unknown"``. How well it separates unseen types is measured in the benchmarks
+        (leave-one-type-out on Zeisel 2015).
+
+        Parameters
+        ----------
+        adata
+            AnnData with the genes of the registered one; defaults to it.
+        indices
+            Cells to score; defaults to all.
+        batch_size
+            Cells per minibatch (default 16).
+        progress_bar
+            Show a progress bar over the minibatches.
+
+        Returns
+        -------
+        ``float32`` array, one score per cell.
+
+        """
+        if not getattr(self, "is_classifier_trained_", False):
+            raise RuntimeError("the classification head is untrained; call model.train_classifier() first.")
+        target = self._validate_anndata(adata)
+        chunks = (
+            out["cell_embedding"].float().cpu().numpy()
+            for _, out in self._inference_batches(
+                target, indices, batch_size, "Scoring unknown types" if progress_bar else None
+            )
+        )
+        n_cells = target.n_obs if indices is None else len(indices)
+        return self._unknown_scores_of(fill_rows(chunks, n_cells, self.module.embedding_dim))

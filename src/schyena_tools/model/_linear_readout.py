@@ -184,3 +184,28 @@ def fit_linear_readout(
     weight, bias, final = solve_logistic(features, labels, head.out_features, penalty, max_iter)
     write_readout_weights(head, weight, bias)
     return final
+
+
+def cross_fitted_logits(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    penalty: float,
+    n_folds: int = 5,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Out-of-fold logits: each cell's from a readout fitted on the other ``n_folds - 1`` folds.
+
+    What the probe would say of cells it never saw, without holding any cell back from the
+    final fit (it calibrates the probe's confidence; :func:`~._confidence.fit_temperature`).
+    """
+    labels = torch.as_tensor(labels).long()
+    fold = np.random.default_rng(seed).permutation(np.arange(len(labels)) % n_folds)
+    logits = torch.empty(len(labels), n_classes, dtype=features.dtype)
+    for k in range(n_folds):
+        held_out = torch.from_numpy(fold == k)
+        if not held_out.any() or held_out.all():
+            continue
+        weight, bias, _ = solve_logistic(features[~held_out], labels[~held_out], n_classes, penalty)
+        logits[held_out] = features[held_out] @ weight.T + bias
+    return logits

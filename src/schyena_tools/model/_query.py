@@ -139,6 +139,14 @@ class QueryMixin:
         query_model.is_classifier_trained_ = same_classes and getattr(
             reference_model, "is_classifier_trained_", False
         )
+        if query_model.is_classifier_trained_:
+            # The classifier's calibration and its unknown-type reference come with it.
+            for name in ("classifier_temperature_", "unknown_reference_", "unknown_reference_distances_"):
+                if hasattr(reference_model, name):
+                    setattr(query_model, name, getattr(reference_model, name))
+        if getattr(reference_model, "is_doublet_detector_trained_", False):
+            for name in ("is_doublet_detector_trained_", "doublet_prior_shift_", "expected_doublet_rate_"):
+                setattr(query_model, name, getattr(reference_model, name))
         query_model.n_vocabulary_genes_measured_ = n_matched
         logger.info(
             "query model: %d of %d vocabulary genes measured; classifier %s",
