@@ -93,7 +93,18 @@ def test_impute_writes_a_layer_for_every_gene(pretrained_folder, brain_h5ad, tmp
     assert (imputed[~observed] >= 0).all() and (imputed[~observed] > 0).any()
 
 
-@pytest.mark.parametrize("command", ["demo", "pretrain", "embed", "annotate", "impute"])
+def test_doublets_scores_every_cell(pretrained_folder, brain_h5ad, tmp_path):
+    folder, _ = pretrained_folder
+    output = tmp_path / "doublets.h5ad"
+    argv = ["doublets", str(folder), str(brain_h5ad), "-o", str(output), "--max-epochs", "0", "--quiet"]
+    assert cli.main([*argv, "--expected-doublet-rate", "0.1"]) == 0
+    result = ad.read_h5ad(output)
+    scores = result.obs["schyena_doublet_score"].to_numpy()
+    assert ((scores >= 0) & (scores <= 1)).all() and scores.std() > 0
+    assert (result.obs["schyena_predicted_doublet"].to_numpy() == (scores > 0.5)).all()
+
+
+@pytest.mark.parametrize("command", ["demo", "pretrain", "embed", "annotate", "impute", "doublets"])
 def test_help_has_an_example(command, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main([command, "--help"])

@@ -321,6 +321,29 @@ def _impute(args: argparse.Namespace) -> None:
     _run_on_file(args, work_on)
 
 
+def _doublets(args: argparse.Namespace) -> None:
+    def work_on(adata, work, model):
+        _say(f"training the doublet detector on {work.n_obs} cells and as many artificial doublets", args)
+        model.train_doublet_detector(
+            expected_doublet_rate=args.expected_doublet_rate,
+            max_epochs=args.max_epochs or None,
+            batch_size=args.batch_size,
+            accelerator=args.accelerator,
+            devices=args.devices,
+            progress_bar=not args.quiet,
+        )
+        scores = model.predict_doublets(threshold=args.threshold, progress_bar=not args.quiet)
+        adata.obs["schyena_doublet_score"] = scores["doublet_score"].to_numpy()
+        adata.obs["schyena_predicted_doublet"] = scores["predicted_doublet"].to_numpy()
+        _say(
+            f"{int(scores['predicted_doublet'].sum())} of {work.n_obs} cells called doublets "
+            f"(score > {args.threshold})",
+            args,
+        )
+
+    _run_on_file(args, work_on)
+
+
 # ---------------------------------------------------------------------- parser
 def _add_training_options(parser: argparse.ArgumentParser, max_epochs: int, what: str) -> None:
     # Pre-training needs at least one epoch; fine-tuning commands accept 0 (the model as it is).
@@ -482,6 +505,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_training_options(impute, 0, "epochs of imputation fine-tuning; 0 uses the model as it is")
     impute.set_defaults(handler=_impute)
+
+    doublets = commands.add_parser(
+        "doublets",
+        help="score every cell for being a doublet (two cells captured as one)",
+        formatter_class=formatter,
+        description="Train a doublet detector on artificial doublets made from the cells of INPUT (summed "
+        "counts of two random cells), score every cell and write OUTPUT: INPUT plus "
+        "obs['schyena_doublet_score'] (probability of being a doublet at --expected-doublet-rate) and "
+        "obs['schyena_predicted_doublet'] (score > --threshold).",
+        epilog=f"example:\n  schyena-tools doublets {BUNDLED_MODEL_NAME} cortex.h5ad -o cortex_doublets.h5ad",
+    )
+    _add_io(doublets, model=True)
+    doublets.add_argument(
+        "--expected-doublet-rate",
+        type=_fraction,
+        default=0.05,
+        help="fraction of doublets expected in the data (default: %(default)s)",
+    )
+    doublets.add_argument(
+        "--threshold",
+        type=_fraction,
+        default=0.5,
+        help="score above which a cell is called a doublet (default: %(default)s)",
+    )
+    _add_training_options(
+        doublets, 0, "epochs of fine-tuning after the linear probe; 0 fits the probe alone (the default)"
+    )
+    doublets.set_defaults(handler=_doublets)
     return parser
 
 

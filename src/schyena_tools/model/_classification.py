@@ -15,13 +15,7 @@ from scvi import REGISTRY_KEYS
 from schyena_tools.validation import check_number
 
 from ._checkpoint import RestoreBestWeights
-from ._confidence import (
-    UNKNOWN_NEIGHBOURS,
-    fit_temperature,
-    reference_distances,
-    unknown_features,
-    unknown_scores,
-)
+from ._confidence import fit_temperature, fit_unknown_reference, project, unknown_scores
 from ._linear_readout import (
     cross_fitted_logits,
     probe_cells,
@@ -286,8 +280,6 @@ class ClassificationMixin:
                 show_progress=trainer_kwargs.get("enable_progress_bar", True),
                 calibrate=calibrate,
             )
-        else:
-            self._set_unknown_reference(probe_cells(train_idx, settings.seed), batch_size)
         if max_epochs == 0:
             self.is_classifier_trained_ = True
             self.classifier_best_epoch_ = None
@@ -363,25 +355,35 @@ class ClassificationMixin:
         del expression
         weight, bias, _ = solve_logistic(features, labels, head.out_features, penalty)
         write_readout_weights(head, weight, bias)
-        if calibrate and len(cells) >= 10:
-            logits = cross_fitted_logits(features, labels, head.out_features, penalty, seed=settings.seed)
-            self.classifier_temperature_ = fit_temperature(logits, labels)
-        self._store_unknown_reference(embedding)
-
-    def _store_unknown_reference(self, embedding: torch.Tensor) -> None:
-        """Keep the training cells' embeddings: the reference of :meth:`get_unknown_scores`."""
-        reference = unknown_features(embedding)
-        self.unknown_reference_ = reference.numpy()
-        self.unknown_reference_distances_ = reference_distances(reference, UNKNOWN_NEIGHBOURS)
+        if len(cells) >= 10:
+            logits = cross_fitted_logits(
+                features, labels, head.out_features, penalty, seed=settings.seed, init=(weight, bias)
+            )
+            if calibrate:
+                self.classifier_temperature_ = fit_temperature(logits, labels)
+        else:  # too few cells to cross-fit: their own (in-sample) logits
+            logits = features @ weight.T + bias
+        confidences = self._calibrated_probabilities(logits.float().numpy()).max(1)
+        self.unknown_reference_ = fit_unknown_reference(features, confidences, settings.seed)
 
     def _set_unknown_reference(self, cells: np.ndarray, batch_size: int | None) -> None:
-        """The unknown-type reference from the current encoder's embeddings of ``cells``."""
-        chunks = (
-            out["cell_embedding"].float().cpu().numpy()
-            for _, out in self._inference_batches(self.adata, cells, batch_size, None)
-        )
-        self._store_unknown_reference(
-            torch.from_numpy(fill_rows(chunks, len(cells), self.module.embedding_dim))
+        """The unknown-type reference from the current network's view of the training ``cells``.
+
+        After fine-tuning: the confidences are the training cells' own (in-sample).
+        """
+        from scvi import settings
+
+        features, logits = [], []
+        for _, out in self._inference_batches(self.adata, cells, batch_size, None):
+            features.append(self._classifier_inputs(out))
+            logits.append(out["logits"].float().cpu().numpy())
+        confidences = self._calibrated_probabilities(np.concatenate(logits)).max(1)
+        self.unknown_reference_ = fit_unknown_reference(torch.cat(features), confidences, settings.seed)
+
+    def _classifier_inputs(self, out: dict) -> torch.Tensor:
+        """The classifier's standardised inputs of one minibatch of inference outputs."""
+        return readout_features(
+            self.module.classifier, out["cell_embedding"], out["values"], out["missing"], dtype=torch.float32
         )
 
     def _warn_if_collapsed(self, cells: np.ndarray, which: str, max_epochs: int) -> None:
@@ -404,20 +406,27 @@ class ClassificationMixin:
 
     # ------------------------------------------------------------------ prediction
     def _class_outputs(
-        self, adata: AnnData, indices, batch_size: int | None, progress_bar: str | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Logits ``(cells, classes)`` and cell embeddings of validated ``adata``, in one pass."""
-        logits, embeddings = [], []
+        self,
+        adata: AnnData,
+        indices,
+        batch_size: int | None,
+        progress_bar: str | None = None,
+        with_coordinates: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits ``(cells, classes)`` of validated ``adata``, and (``with_coordinates``) the
+        cells' coordinates in the unknown-type reference's principal components; one pass.
+        """
+        coordinates = []
 
         def chunks():
             for _, out in self._inference_batches(adata, indices, batch_size, progress_bar):
-                embeddings.append(out["cell_embedding"].float().cpu().numpy())
+                if with_coordinates:
+                    coordinates.append(project(self.unknown_reference_, self._classifier_inputs(out)))
                 yield out["logits"].float().cpu().numpy()
 
         n_cells = adata.n_obs if indices is None else len(indices)
         logits = fill_rows(chunks(), n_cells, len(self._label_classes()))
-        embedding = np.concatenate(embeddings) if embeddings else np.zeros((0, self.module.embedding_dim))
-        return logits, embedding
+        return logits, (torch.cat(coordinates) if with_coordinates else None)
 
     def _class_logits(self, adata: AnnData, indices, batch_size: int | None = None) -> np.ndarray:
         """The classification head's logits for validated ``adata``, ``(cells, classes)``."""
@@ -426,7 +435,9 @@ class ClassificationMixin:
     def _calibrated_probabilities(self, logits: np.ndarray) -> np.ndarray:
         """``softmax(logits / T)`` with the fitted temperature (1 when none was fitted)."""
         temperature = getattr(self, "classifier_temperature_", 1.0)
-        return torch.softmax(torch.from_numpy(logits).double() / temperature, dim=1).float().numpy()
+        return (
+            torch.softmax(torch.from_numpy(np.asarray(logits)).double() / temperature, dim=1).float().numpy()
+        )
 
     def _class_probabilities(
         self, adata: AnnData, indices, batch_size: int | None, progress_bar: str | None = None
@@ -436,20 +447,12 @@ class ClassificationMixin:
             self._class_outputs(adata, indices, batch_size, progress_bar)[0]
         )
 
-    def _unknown_scores_of(self, embedding: np.ndarray) -> np.ndarray:
-        """Unknown-type scores of cell embeddings against the stored training cells."""
-        reference = getattr(self, "unknown_reference_", None)
-        if reference is None:
+    def _check_unknown_reference(self) -> None:
+        if getattr(self, "unknown_reference_", None) is None:
             raise RuntimeError(
                 "this classifier has no reference cells for the unknown-type score (it was trained "
-                "before schyena-tools 0.4); call model.train_classifier() again."
+                "by an earlier schyena-tools); call model.train_classifier() again."
             )
-        return unknown_scores(
-            torch.from_numpy(np.asarray(reference)),
-            np.asarray(self.unknown_reference_distances_),
-            unknown_features(torch.from_numpy(embedding)),
-            UNKNOWN_NEIGHBOURS,
-        )
 
     def predict(
         self,
@@ -530,10 +533,12 @@ class ClassificationMixin:
                     f"unknown_label={unknown_label!r} is one of the classifier's classes; pass another "
                     "unknown_label."
                 )
-        wants_unknown = unknown_threshold is not None or return_unknown_score or key_added is not None
         has_reference = getattr(self, "unknown_reference_", None) is not None
-        if (unknown_threshold is not None or return_unknown_score) and not has_reference:
-            self._unknown_scores_of(np.zeros((0, self.module.embedding_dim), dtype=np.float32))  # raises
+        if unknown_threshold is not None or return_unknown_score:
+            self._check_unknown_reference()
+        wants_unknown = has_reference and (
+            unknown_threshold is not None or return_unknown_score or key_added is not None
+        )
         destination = self.adata if adata is None else adata
         columns = [f"{key_added}_prediction", f"{key_added}_confidence"]
         if has_reference:
@@ -543,8 +548,12 @@ class ClassificationMixin:
                 raise ValueError("key_added writes labels and confidences; it cannot be used with soft=True.")
             check_keys_free(destination, "obs", columns, overwrite, indices)
         target = self._validate_anndata(adata)
-        logits, embedding = self._class_outputs(
-            target, indices, batch_size, progress_bar="Predicting" if progress_bar else None
+        logits, coordinates = self._class_outputs(
+            target,
+            indices,
+            batch_size,
+            "Predicting" if progress_bar else None,
+            with_coordinates=wants_unknown,
         )
         probabilities = self._calibrated_probabilities(logits)
         if soft:
@@ -552,7 +561,7 @@ class ClassificationMixin:
             return pd.DataFrame(probabilities, index=names, columns=classes)
         labels = np.asarray(classes, dtype=object)[probabilities.argmax(1)]
         confidence = probabilities.max(1).astype(np.float32)
-        unknown = self._unknown_scores_of(embedding) if wants_unknown and has_reference else None
+        unknown = unknown_scores(self.unknown_reference_, coordinates, confidence) if wants_unknown else None
         categories = list(classes)
         if unknown_threshold is not None:
             labels[unknown > unknown_threshold] = unknown_label
@@ -578,13 +587,14 @@ class ClassificationMixin:
     ) -> np.ndarray:
         """How unlike the labelled training cells each cell is: a score in [0, 1].
 
-        The distance from a cell's (L2-normalised) embedding to its 10th nearest labelled
-        training cell of :meth:`train_classifier`, as the fraction of those training cells
-        that are closer to their own 10th neighbour (a deep nearest-neighbour score, Sun et al.
-        2022). Near 1: the cell lies outside the reference, a candidate for a type the
-        classifier never saw; pass ``unknown_threshold`` to :meth:`predict` to label such
-        cells ``"unknown"``. How well it separates unseen types is measured in the benchmarks
-        (leave-one-type-out on Zeisel 2015).
+        The mean of two ranks among the classifier's training cells of
+        :meth:`train_classifier`: the fraction of them whose out-of-fold confidence is above
+        this cell's, and the fraction that are closer to their 10th nearest training cell than
+        this cell is (in 50 principal components of the classifier's standardised inputs: cell
+        embedding and expression). Near 1: the cell is both unsure and far from every labelled
+        type, a candidate for a type the reference never saw; pass ``unknown_threshold`` to
+        :meth:`predict` to label such cells ``"unknown"``. How well it separates unseen types
+        is measured in the benchmarks (leave one type out of Zeisel 2015 at a time).
 
         Parameters
         ----------
@@ -604,12 +614,14 @@ class ClassificationMixin:
         """
         if not getattr(self, "is_classifier_trained_", False):
             raise RuntimeError("the classification head is untrained; call model.train_classifier() first.")
+        self._check_unknown_reference()
         target = self._validate_anndata(adata)
-        chunks = (
-            out["cell_embedding"].float().cpu().numpy()
-            for _, out in self._inference_batches(
-                target, indices, batch_size, "Scoring unknown types" if progress_bar else None
-            )
+        logits, coordinates = self._class_outputs(
+            target,
+            indices,
+            batch_size,
+            "Scoring unknown types" if progress_bar else None,
+            with_coordinates=True,
         )
-        n_cells = target.n_obs if indices is None else len(indices)
-        return self._unknown_scores_of(fill_rows(chunks, n_cells, self.module.embedding_dim))
+        confidence = self._calibrated_probabilities(logits).max(1)
+        return unknown_scores(self.unknown_reference_, coordinates, confidence)

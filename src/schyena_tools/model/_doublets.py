@@ -248,6 +248,8 @@ class DoubletMixin:
             [torch.zeros(len(probed), dtype=torch.long), torch.ones(n_doublets, dtype=torch.long)]
         )
 
+        final_weight, final_bias, _ = solve_logistic(features, labels, 2, probe_penalty)
+        write_readout_weights(head, final_weight, final_bias)
         # Cross-fitting: fold k's cells are scored by a readout that saw neither them nor any
         # doublet made from them.
         fold = rng.permutation(np.arange(len(probed)) % n_folds)
@@ -256,7 +258,9 @@ class DoubletMixin:
             train_real = fold != k
             train_fake = (fold[parents[:, 0]] != k) & (fold[parents[:, 1]] != k)
             rows = np.concatenate([np.flatnonzero(train_real), len(probed) + np.flatnonzero(train_fake)])
-            weight, bias, _ = solve_logistic(features[rows], labels[rows], 2, probe_penalty)
+            weight, bias, _ = solve_logistic(
+                features[rows], labels[rows], 2, probe_penalty, init=(final_weight, final_bias)
+            )
             scored = torch.from_numpy(np.flatnonzero(~train_real))
             logits = (features[scored] @ weight.T + bias).double()
             out_of_fold[~train_real] = posterior_logit(
@@ -265,8 +269,6 @@ class DoubletMixin:
                 int(train_real.sum()),
                 expected_doublet_rate,
             )
-        weight, bias, _ = solve_logistic(features, labels, 2, probe_penalty)
-        write_readout_weights(head, weight, bias)
         del features
         self.doublet_prior_shift_ = float(
             posterior_logit(np.zeros(1), n_doublets, len(probed), expected_doublet_rate)[0]

@@ -37,18 +37,26 @@ def solve_logistic(
     n_classes: int,
     penalty: float,
     max_iter: int = 500,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """L2-penalised multinomial logistic regression by L-BFGS: ``(weight, bias, loss)``.
 
     Minimises ``sum_i CE(x_i W^T + b, y_i) + penalty / 2 * |W|^2`` (the bias is not penalised)
     in the dtype of ``features`` with a strong-Wolfe line search: scikit-learn's
-    ``LogisticRegression(C=1 / penalty)``.
+    ``LogisticRegression(C=1 / penalty)``. ``init``: a starting ``(weight, bias)`` (e.g. the
+    solution on all cells, when refitting on most of them), else zeros; the problem is convex,
+    so the start changes the time, not the solution.
     """
     check_number(penalty, "penalty", minimum=0, exclusive_minimum=True)
     features = features.detach()
     labels = labels.long().cpu()
-    weight = torch.zeros(n_classes, features.shape[1], dtype=features.dtype, requires_grad=True)
-    bias = torch.zeros(n_classes, dtype=features.dtype, requires_grad=True)
+    if init is None:
+        weight = torch.zeros(n_classes, features.shape[1], dtype=features.dtype)
+        bias = torch.zeros(n_classes, dtype=features.dtype)
+    else:
+        weight, bias = (value.detach().to(features.dtype).clone() for value in init)
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
@@ -193,11 +201,13 @@ def cross_fitted_logits(
     penalty: float,
     n_folds: int = 5,
     seed: int = 0,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Out-of-fold logits: each cell's from a readout fitted on the other ``n_folds - 1`` folds.
 
     What the probe would say of cells it never saw, without holding any cell back from the
     final fit (it calibrates the probe's confidence; :func:`~._confidence.fit_temperature`).
+    ``init``: the solution on all cells, as each fold's start (much faster than zeros).
     """
     labels = torch.as_tensor(labels).long()
     fold = np.random.default_rng(seed).permutation(np.arange(len(labels)) % n_folds)
@@ -206,6 +216,8 @@ def cross_fitted_logits(
         held_out = torch.from_numpy(fold == k)
         if not held_out.any() or held_out.all():
             continue
-        weight, bias, _ = solve_logistic(features[~held_out], labels[~held_out], n_classes, penalty)
+        weight, bias, _ = solve_logistic(
+            features[~held_out], labels[~held_out], n_classes, penalty, init=init
+        )
         logits[held_out] = features[held_out] @ weight.T + bias
     return logits

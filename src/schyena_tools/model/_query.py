@@ -141,7 +141,7 @@ class QueryMixin:
         )
         if query_model.is_classifier_trained_:
             # The classifier's calibration and its unknown-type reference come with it.
-            for name in ("classifier_temperature_", "unknown_reference_", "unknown_reference_distances_"):
+            for name in ("classifier_temperature_", "unknown_reference_"):
                 if hasattr(reference_model, name):
                     setattr(query_model, name, getattr(reference_model, name))
         if getattr(reference_model, "is_doublet_detector_trained_", False):
