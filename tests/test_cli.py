@@ -73,7 +73,16 @@ def test_annotate_predicts_unlabelled_cells(pretrained_folder, brain_h5ad, tmp_p
     assert set(result.obs["schyena_prediction"].astype(str)) <= known
     confidence = result.obs["schyena_confidence"].to_numpy()
     assert ((confidence > 0) & (confidence <= 1)).all()
+    unknown = result.obs["schyena_unknown_score"].to_numpy()
+    assert ((unknown >= 0) & (unknown <= 1)).all()
     assert (tmp_path / "classifier" / "model.pt").is_file()
+    # with a threshold, the cells above it are labelled "unknown"
+    flagged = tmp_path / "flagged.h5ad"
+    argv = ["annotate", str(folder), str(path), "--labels-key", "partial", "-o", str(flagged), *TINY_CLI]
+    assert cli.main([*argv, "--max-epochs", "0", "--unknown-threshold", "0.6"]) == 0
+    result = ad.read_h5ad(flagged)
+    above = result.obs["schyena_unknown_score"].to_numpy() > 0.6
+    assert (result.obs["schyena_prediction"].astype(str).to_numpy()[above] == "unknown").all()
 
 
 def test_impute_writes_a_layer_for_every_gene(pretrained_folder, brain_h5ad, tmp_path):

@@ -121,3 +121,18 @@ def test_bad_probe_arguments_fail_before_any_work(zeisel_small, kwargs, match):
         model.train_classifier(**kwargs)
     for name, value in model.module.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+def test_columns_that_are_zero_everywhere_get_zero_weight_and_change_nothing():
+    from schyena_tools.model._linear_readout import solve_logistic
+
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.normal(size=(60, 8)))
+    labels = torch.from_numpy(rng.integers(0, 3, 60))
+    padded = torch.cat([features[:, :4], torch.zeros(60, 5, dtype=features.dtype), features[:, 4:]], dim=1)
+    weight, bias, loss = solve_logistic(features, labels, 3, 1.0)
+    padded_weight, padded_bias, padded_loss = solve_logistic(padded, labels, 3, 1.0)
+    assert (padded_weight[:, 4:9] == 0).all()
+    torch.testing.assert_close(torch.cat([padded_weight[:, :4], padded_weight[:, 9:]], 1), weight)
+    torch.testing.assert_close(padded_bias, bias)
+    assert padded_loss == pytest.approx(loss)

@@ -268,12 +268,19 @@ def _annotate(args: argparse.Namespace) -> None:
         _say(f"training a classifier on {len(labelled)} labelled cells", args)
         model.train_classifier(**_trainer_kwargs(args))
         _say(f"predicting {work.n_obs} cells", args)
-        predicted, confidence = model.predict(
-            batch_size=args.batch_size, return_confidence=True, progress_bar=not args.quiet
+        predicted, confidence, unknown = model.predict(
+            batch_size=args.batch_size,
+            return_confidence=True,
+            return_unknown_score=True,
+            unknown_threshold=args.unknown_threshold,
+            progress_bar=not args.quiet,
         )
         adata.obs["schyena_prediction"] = predicted.astype(str)
         adata.obs["schyena_prediction"] = adata.obs["schyena_prediction"].astype("category")
         adata.obs["schyena_confidence"] = confidence.astype("float32")
+        adata.obs["schyena_unknown_score"] = unknown.astype("float32")
+        if args.unknown_threshold is not None:
+            _say(f"{int((predicted == 'unknown').sum())} cells labelled 'unknown'", args)
         if args.model_out:
             model.save(args.model_out, overwrite=True)
 
@@ -470,8 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start from a trained model, train a classifier (a linear probe on the model's features, "
         "then --max-epochs of fine-tuning) on the cells of INPUT whose "
         "--labels-key is set (cells labelled --unlabeled-category are not trained on), predict every "
-        "cell and write OUTPUT: INPUT plus obs['schyena_prediction'] and obs['schyena_confidence'] "
-        "(probability of the predicted type).",
+        "cell and write OUTPUT: INPUT plus obs['schyena_prediction'], obs['schyena_confidence'] "
+        "(calibrated probability of the predicted type) and obs['schyena_unknown_score'] (near 1: "
+        "unlike every labelled type).",
         epilog=f"example:\n  schyena-tools annotate {BUNDLED_MODEL_NAME} query.h5ad --labels-key cell_type "
         "--unlabeled-category Unknown -o query_annotated.h5ad",
     )
@@ -481,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--unlabeled-category", default="Unknown", help="label of cells to predict (default: %(default)s)"
     )
     annotate.add_argument("--model-out", default=None, help="also save the fine-tuned model in this folder")
+    annotate.add_argument(
+        "--unknown-threshold",
+        type=_fraction,
+        default=None,
+        help="label 'unknown' the cells whose obs['schyena_unknown_score'] is above this (e.g. 0.95); "
+        "default: every cell gets a known type",
+    )
     _add_training_options(
         annotate,
         0,

@@ -50,6 +50,17 @@ def solve_logistic(
     check_number(penalty, "penalty", minimum=0, exclusive_minimum=True)
     features = features.detach()
     labels = labels.long().cpu()
+    # Columns that are zero in every cell (genes a query did not measure) get weight 0 at the
+    # optimum: solve on the others only (a 4,000-gene query read at 19,972 tokens: 5x fewer).
+    active = (
+        features.abs().amax(0) > 0 if features.shape[0] else torch.ones(features.shape[1], dtype=torch.bool)
+    )
+    if not active.all():
+        start = None if init is None else (init[0][:, active.to(init[0].device)], init[1])
+        weight, bias, loss = solve_logistic(features[:, active], labels, n_classes, penalty, max_iter, start)
+        full = torch.zeros(n_classes, features.shape[1], dtype=weight.dtype)
+        full[:, active] = weight
+        return full, bias, loss
     if init is None:
         weight = torch.zeros(n_classes, features.shape[1], dtype=features.dtype)
         bias = torch.zeros(n_classes, dtype=features.dtype)
