@@ -76,6 +76,26 @@ def test_classifier_fits_a_temperature_and_scores_unknown_types(classified, tmp_
     np.testing.assert_allclose(loaded.get_unknown_scores(progress_bar=False), unknown, rtol=1e-5, atol=1e-6)
 
 
+def test_works_without_a_global_seed(zeisel_small):
+    import scvi
+
+    scvi.settings.seed = None  # a user who never set one
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
+    model = st.SCHyena(zeisel_small, **TINY)
+    model.train_classifier(enable_progress_bar=False)
+    model.train_doublet_detector(progress_bar=False)
+    assert np.isfinite(model.get_unknown_scores(progress_bar=False)).all()
+
+
+def test_fitting_the_reference_leaves_the_callers_random_state_alone():
+    features = torch.randn(30, 5)
+    torch.manual_seed(7)
+    fit_unknown_reference(features, np.ones(30), seed=3)
+    drawn = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(torch.rand(3), drawn)
+
+
 def test_unknown_label_must_not_be_a_class(classified):
     model, adata = classified
     existing = str(adata.obs["cell_type"].cat.categories[0])

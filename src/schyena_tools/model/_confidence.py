@@ -87,7 +87,7 @@ def _kth_neighbour_distance(
     return torch.cat(distances).numpy()
 
 
-def fit_unknown_reference(features: torch.Tensor, confidences: np.ndarray, seed: int = 0) -> dict:
+def fit_unknown_reference(features: torch.Tensor, confidences: np.ndarray, seed: int | None = 0) -> dict:
     """The reference of the unknown-type score, from the training cells (plain arrays, saved).
 
     ``features``: ``(cells, inputs)`` the classifier's standardised inputs of its training cells
@@ -97,8 +97,9 @@ def fit_unknown_reference(features: torch.Tensor, confidences: np.ndarray, seed:
     features = torch.as_tensor(features).float()
     center = features.mean(0)
     n_components = max(1, min(UNKNOWN_COMPONENTS, features.shape[0] - 1, features.shape[1]))
-    torch.manual_seed(seed)
-    _, _, components = torch.pca_lowrank(features - center, q=n_components, center=False, niter=4)
+    with torch.random.fork_rng():  # seeded, without touching the caller's random state
+        torch.manual_seed(0 if seed is None else seed)
+        _, _, components = torch.pca_lowrank(features - center, q=n_components, center=False, niter=4)
     coordinates = (features - center) @ components
     return {
         "center": center.numpy(),

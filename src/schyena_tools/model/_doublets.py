@@ -206,7 +206,7 @@ class DoubletMixin:
         self._validate_anndata()
         from scvi import settings
 
-        seed = settings.seed if seed is None else seed
+        seed = (settings.seed or 0) if seed is None else seed
         rng = np.random.default_rng(seed)
         probed = np.arange(n_cells)
         if n_cells > DOUBLET_PROBE_MAX_CELLS:
