@@ -17,7 +17,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
@@ -54,7 +53,7 @@ def _rows(matrix, index: np.ndarray) -> np.ndarray:
     """Dense ``float32`` rows ``index`` of a registered matrix (sparse, dense or file-backed)."""
     unique, inverse = np.unique(index, return_inverse=True)
     block = matrix[unique]
-    block = block.toarray() if sp.issparse(block) or hasattr(block, "toarray") else np.asarray(block)
+    block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)  # sparse, backed or dense
     return np.asarray(block, dtype=np.float32)[inverse]
 
 
@@ -271,7 +270,7 @@ class DoubletMixin:
             )
         del features
         self.doublet_prior_shift_ = float(
-            posterior_logit(np.zeros(1), n_doublets, len(probed), expected_doublet_rate)[0]
+            posterior_logit(0.0, n_doublets, len(probed), expected_doublet_rate)
         )
         self.expected_doublet_rate_ = float(expected_doublet_rate)
         self.is_doublet_detector_trained_ = True
@@ -292,7 +291,7 @@ class DoubletMixin:
                 **trainer_kwargs,
             )
             # Trained one doublet per cell: no prior shift from the training ratio.
-            self.doublet_prior_shift_ = float(posterior_logit(np.zeros(1), 1, 1, expected_doublet_rate)[0])
+            self.doublet_prior_shift_ = float(posterior_logit(0.0, 1, 1, expected_doublet_rate))
             self._doublet_scores = None  # in-sample now: computed on request
             return None
         logits = np.empty(n_cells, dtype=np.float64)
