@@ -174,7 +174,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="one small dataset, to check the script")
-    parser.add_argument("--out", default=str(DOCS / "doublets"), help="output prefix (.csv, .md)")
+    parser.add_argument(
+        "--out", default=str(DOCS / "doublets"), help="output prefix (.csv, _table.md, _run.json)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import scvi
@@ -195,7 +197,7 @@ def main() -> None:
     for column in ("AUROC", "average precision"):
         shown[column] = shown[column].map(lambda v: f"{v:.3f}")
     shown["seconds"] = shown["seconds"].map(lambda v: f"{v:.0f}")
-    Path(f"{args.out}.md").write_text(shown.to_markdown(index=False) + "\n")
+    Path(f"{args.out}_table.md").write_text(shown.to_markdown(index=False) + "\n")
     Path(f"{args.out}_run.json").write_text(
         json.dumps(
             {"quick": args.quick, "seconds": time.perf_counter() - started, "held_out_seed": HELD_OUT_SEED},

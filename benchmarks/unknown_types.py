@@ -213,7 +213,9 @@ def main() -> None:
         help="level2class: leave out only the N subtypes with most held-out cells, in fold 0 only (each "
         "split solves a 46-class probe 6 times; all 47 x 2 would take hours on 2 cores); 0: all",
     )
-    parser.add_argument("--out", default=str(DOCS / "unknown_types"), help="output prefix (.csv, .md)")
+    parser.add_argument(
+        "--out", default=str(DOCS / "unknown_types"), help="output prefix (.csv, _table.md, _run.json)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import scvi
@@ -253,7 +255,7 @@ def main() -> None:
     summary.columns = [
         f"{c} (mean over {int((table.level == c).sum())} left-out splits)" for c in summary.columns
     ]
-    Path(f"{args.out}.md").write_text(summary.to_markdown(floatfmt=".3f") + "\n")
+    Path(f"{args.out}_table.md").write_text(summary.to_markdown(floatfmt=".3f") + "\n")
     Path(f"{args.out}_run.json").write_text(
         json.dumps(
             {"seconds": time.perf_counter() - started, "api_check_max_abs_difference": checks}, indent=1
