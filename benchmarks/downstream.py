@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 
 import _downstream_baselines as baselines
+import _embedding_scores as embedding_scores
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -56,6 +57,7 @@ MODES = {
         scanvi_epochs=5,
         ablation_folds=0,
         zeisel_cells=600,
+        embedding_cells=150,
     ),
     # 2 of the 5 folds on every set, 2 epochs of pre-training, train_classifier's default
     # recipe (what a user gets), the 2,000-HVG ablation on one fold.
@@ -73,6 +75,7 @@ MODES = {
         scanvi_epochs=5,
         ablation_folds=0,
         zeisel_cells=None,
+        embedding_cells=None,  # every cell of each set
     ),
     "full": dict(
         zeisel_folds=5,
@@ -88,6 +91,7 @@ MODES = {
         scanvi_epochs=20,
         ablation_folds=5,
         zeisel_cells=None,
+        embedding_cells=None,
     ),
 }
 
@@ -96,6 +100,15 @@ MODES = {
 OUTPUT = "downstream"
 ARCH = dict(d_model=32, n_layers=2, filter_hidden_dim=16, mlp_ratio=2)
 N_HVG = 2000
+ZEISEL_550 = "zeisel2015_gpsFISH/zeisel_550x19972_counts.h5ad"
+#: Transfer targets: (name, file under DATA, label column, match genes ignoring case, labels
+#: dropped). Darmanis' "hybrid" cells are the authors' doublet call, not a type.
+TRANSFER_SETS = (
+    ("La Manno 2016", "lamanno2016_DA_mapscvi/lamanno_DA_243x18219_counts.h5ad", "Cell_type", False, ()),
+    ("Camp 2015 (human)", "camp2015_SOUP/camp_220x12694_counts.h5ad", "cell_type", True, ()),
+    ("Darmanis 2015 (human)", "darmanis2015/darmanis2015.h5ad", "cell_type", True, ("hybrid",)),
+    ("Campbell 2017", "campbell2017_sctk/campbell2017_sctk.h5ad", "clust_all", False, ()),
+)
 SEED = 0
 BATCH_SIZE = 16
 
@@ -109,6 +122,17 @@ def read(path: str, label: str) -> ad.AnnData:
     adata.obs["label"] = adata.obs[label].astype(str).values
     adata.var_names_make_unique()
     return adata
+
+
+def read_target(path: str, label: str, dropped: tuple[str, ...] = ()) -> ad.AnnData:
+    """A labelled set without the ``dropped`` labels and without classes of under 5 cells.
+
+    Five cells is what a stratified 5-fold split needs (one held-out cell per fold).
+    """
+    adata = read(path, label)
+    labels = adata.obs["label"]
+    keep = ~labels.isin(dropped) & (labels.map(labels.value_counts()) >= 5)
+    return adata[keep.to_numpy()].copy()
 
 
 def top_hvgs(adata: ad.AnnData, n: int) -> pd.Index:
@@ -259,7 +283,7 @@ def run(settings: dict, mode: str):
         nonlocal full_reference
         if full_reference is None:
             stage("pretrain zeisel550 full length")
-            z550_counts = read("zeisel2015_gpsFISH/zeisel_550x19972_counts.h5ad", "subclass")
+            z550_counts = read(ZEISEL_550, "subclass")
             full_reference = schyena_pretrain(z550_counts, settings["pretrain_epochs"])
         return full_reference
 
@@ -318,7 +342,7 @@ def run(settings: dict, mode: str):
 
     # ---------------- Zeisel 550, all 19,972 genes
     if "zeisel550" in settings["stages"]:
-        z550 = read("zeisel2015_gpsFISH/zeisel_550x19972_counts.h5ad", "subclass")
+        z550 = read(ZEISEL_550, "subclass")
         labels = z550.obs["label"].to_numpy()
         splits = folds(labels, settings["zeisel550_folds"])
         log_z550 = baselines.log_normalize(z550.X)
@@ -339,6 +363,7 @@ def run(settings: dict, mode: str):
         )
         # Ablation: read through the Zeisel-3005 model's 2,000-HVG vocabulary (load_query_data).
         ablation = {"scHyena (2000 HVG of Zeisel 3005)": partial(schyena, reference=reference)}
+        extra = z550.n_vars - len(_matched(z550, reference, False))
         classification_rows(
             results,
             "classification",
@@ -347,17 +372,14 @@ def run(settings: dict, mode: str):
             labels,
             splits[:hvg_folds],
             ablation,
-            {"scHyena (2000 HVG of Zeisel 3005)": f"{N_HVG} HVG of Zeisel 3005"},
+            {"scHyena (2000 HVG of Zeisel 3005)": f"{N_HVG} HVG of Zeisel 3005 (+{extra} in the classifier)"},
         )
         del scvi_z550
 
     # ---------------- cross-dataset transfer: pre-trained on Zeisel 550 (full length), fine-tuned on target
     if "transfer" in settings["stages"]:
-        for name, path, label, case_insensitive in (
-            ("La Manno 2016", "lamanno2016_DA_mapscvi/lamanno_DA_243x18219_counts.h5ad", "Cell_type", False),
-            ("Camp 2015 (human)", "camp2015_SOUP/camp_220x12694_counts.h5ad", "cell_type", True),
-        ):
-            target_data = read(path, label)
+        for name, path, label, case_insensitive, dropped in TRANSFER_SETS:
+            target_data = read_target(path, label, dropped)
             labels = target_data.obs["label"].to_numpy()
             splits = folds(labels, settings["transfer_folds"])
             log_target = baselines.log_normalize(target_data.X)
@@ -385,7 +407,10 @@ def run(settings: dict, mode: str):
                 "scHyena (pre-trained on Zeisel 550, full length)",
                 "scHyena (no pre-training, full length)",
             ):
-                genes[key] = f"{overlap} of Zeisel 550's {len(full.gene_vocabulary)}"
+                genes[key] = (
+                    f"{overlap} of Zeisel 550's {len(full.gene_vocabulary)} "
+                    f"(+{target_data.n_vars - overlap} in the classifier)"
+                )
             classification_rows(results, "transfer", name, label, labels, splits, methods, genes)
             hvg_name = "scHyena (pre-trained on Zeisel 3005, 2000 HVG)"
             ablation = {hvg_name: partial(schyena, reference=reference, case_insensitive=case_insensitive)}
@@ -398,9 +423,16 @@ def run(settings: dict, mode: str):
                 labels,
                 splits[:hvg_folds],
                 ablation,
-                {hvg_name: f"{overlap_hvg} of Zeisel's {N_HVG} HVG"},
+                {
+                    hvg_name: f"{overlap_hvg} of Zeisel's {N_HVG} HVG "
+                    f"(+{target_data.n_vars - overlap_hvg} in the classifier)"
+                },
             )
             del scvi_target
+
+    # ---------------- zero-shot cell embeddings (no labels, no fine-tuning)
+    if "embedding" in settings["stages"]:
+        embedding_rows(results, stage, zeisel550_reference(), settings["embedding_cells"])
 
     # ---------------- imputation on Zeisel 3005 (2,000-HVG panel), 10% of non-zeros hidden
     if "imputation" not in settings["stages"]:
@@ -437,12 +469,20 @@ def run(settings: dict, mode: str):
             seconds=seconds,
         )
 
-    for name, function in (
+    imputers = [
         ("gene mean", partial(baselines.gene_mean, log_observed)),
         ("gene mean of non-zeros", partial(baselines.gene_nonzero_mean, log_observed)),
         ("MAGIC diffusion (our implementation)", partial(baselines.magic_diffusion, log_observed)),
         ("scVI denoised", partial(baselines.scvi_denoised, observed.X, settings["scvi_epochs"] * 2, SEED)),
-    ):
+    ]
+    try:
+        import magic  # noqa: F401  (magic-impute; see baselines.magic_package for the install line)
+
+        package = partial(baselines.magic_package, log_observed, SEED)
+        imputers.insert(3, ("MAGIC (magic-impute package)", package))
+    except ImportError:
+        log.warning("magic-impute is not installed: its row is left out (see baselines.magic_package)")
+    for name, function in imputers:
         start = time.perf_counter()
         imputed = function()
         score(name, imputed, time.perf_counter() - start)
@@ -469,6 +509,70 @@ def run(settings: dict, mode: str):
     stage("done")
 
     write_report(results, settings, mode, timings, confusion_truth, confusion_pred, truth, mask, imputations)
+
+
+def embedding_rows(results, stage, full_reference, n_cells=None):
+    """Zero-shot embeddings of every labelled set: PCA of HVGs, scVI, and two scHyena models.
+
+    The bundled model (what a user loads) and the benchmark's model pre-trained on Zeisel 550
+    at full length, each read through ``load_query_data`` at full length; labels only score.
+    ``n_cells``: a random subset of at most that many cells per set (smoke runs).
+    """
+    import schyena_tools as st
+
+    scores = embedding_scores
+    bundled_reference = st.pretrained.load_zeisel_brain_model()  # same 19,972-gene vocabulary
+    zeisel_all = st.datasets.zeisel_brain()
+    seen = set(st.pretrained.zeisel_brain_model_card()["zeisel_brain_cells_in_training"])
+    unseen = zeisel_all[~zeisel_all.obs_names.isin(seen)].copy()
+    unseen.X = sp.csr_matrix(unseen.X).astype(np.float32)
+    unseen.obs["label"] = unseen.obs["level1class"].astype(str).values
+    sets = [
+        ("Zeisel 3005 (2,455 cells no scHyena saw)", unseen, "level1class", False),
+        ("Zeisel 550", read(ZEISEL_550, "subclass"), "subclass", False),
+    ] + [
+        (name, read_target(path, label, dropped), label, case_insensitive)
+        for name, path, label, case_insensitive, dropped in TRANSFER_SETS
+    ]
+    for name, data, label, case_insensitive in sets:
+        stage(f"embedding {name}")
+        if n_cells and n_cells < data.n_obs:
+            chosen = np.random.default_rng(SEED).choice(data.n_obs, n_cells, replace=False)
+            data = data[np.sort(chosen)].copy()
+        labels = data.obs["label"].to_numpy()
+        query = data.copy()
+        st.SCHyena.setup_anndata(query)
+        overlap = f"{len(_matched(data, full_reference, case_insensitive))} of 19972"
+        methods = [
+            (f"PCA of {N_HVG} HVG", partial(scores.pca_of_hvgs, data, N_HVG, 50, SEED), f"{N_HVG} HVG"),
+            ("scVI (default epochs)", partial(scores.scvi_latent, data, SEED), f"{N_HVG} HVG"),
+        ]
+        for method, reference in (
+            ("scHyena (bundled model)", bundled_reference),
+            ("scHyena (pre-trained on Zeisel 550, full length)", full_reference),
+        ):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                model = st.SCHyena.load_query_data(query, reference, case_insensitive=case_insensitive)
+            embed = partial(model.get_latent_representation, batch_size=64, progress_bar=False)
+            methods.append((method, embed, overlap))
+        embeddings, seconds, genes = {}, {}, {}
+        for method, function, n_genes in methods:
+            start = time.perf_counter()
+            embeddings[method] = function()
+            seconds[method] = time.perf_counter() - start
+            genes[method] = n_genes
+        for method, row in scores.score_embeddings(embeddings, labels).items():
+            results.add(
+                task="embedding",
+                dataset=name,
+                target=label,
+                method=method,
+                genes=genes[method],
+                fold=0,
+                **row,
+                seconds=seconds[method],
+            )
 
 
 def _matched(target, reference, case_insensitive):
@@ -501,7 +605,12 @@ def write_report(results, settings, mode, timings, confusion_truth, confusion_pr
 
     folds_table = pd.DataFrame(results.rows)
     keys = ["task", "dataset", "target", "method", "genes"]
-    metrics = [m for m in ("accuracy", "macro_f1", "pearson_r", "mse", "seconds") if m in folds_table]
+    embedding_metrics = ["knn_agreement", *embedding_scores.SCIB_METRICS.values()]
+    metrics = [
+        m
+        for m in ("accuracy", "macro_f1", "pearson_r", "mse", *embedding_metrics, "seconds")
+        if m in folds_table
+    ]
     summary = folds_table.groupby(keys, sort=False)[metrics].agg(["mean", "std", "count"])
     summary.columns = [f"{m}_{s}" for m, s in summary.columns]
     summary = summary.reset_index()
@@ -522,13 +631,28 @@ def write_report(results, settings, mode, timings, confusion_truth, confusion_pr
         header,
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for _, row in summary.iterrows():
+    for _, row in summary[summary.task != "embedding"].iterrows():
         lines.append(
             f"| {row['task']} | {row['dataset']} | {row['target']} | {row['method']} | {row['genes']} | "
             f"{int(row['seconds_count'])} | {cell(row, 'accuracy')} | {cell(row, 'macro_f1')} | "
             f"{cell(row, 'pearson_r')} | {cell(row, 'mse')} | {row['seconds_mean']:.0f} |"
         )
     (DOCS / f"{OUTPUT}_table.md").write_text("\n".join(lines) + "\n")
+    embedding = summary[summary.task == "embedding"]
+    if len(embedding):
+        columns = [f"{m}_mean" for m in embedding_metrics]
+        lines = [
+            "| dataset | labels | method | genes | 10-NN agreement | isolated labels | KMeans NMI "
+            "| KMeans ARI | silhouette | cLISI | bio conservation (scib) | s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for _, row in embedding.iterrows():
+            values = " | ".join(f"{row[c]:.3f}" for c in columns)
+            lines.append(
+                f"| {row['dataset']} | {row['target']} | {row['method']} | {row['genes']} | {values} "
+                f"| {row['seconds_mean']:.0f} |"
+            )
+        (DOCS / f"{OUTPUT}_embedding_table.md").write_text("\n".join(lines) + "\n")
     (DOCS / f"{OUTPUT}_run.json").write_text(
         json.dumps({"mode": mode, "settings": settings, "arch": ARCH, "stage_start_s": timings}, indent=1)
     )
@@ -570,7 +694,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
         "--stages",
-        default="zeisel3005,zeisel550,transfer,imputation",
+        default="zeisel3005,zeisel550,transfer,embedding,imputation",
         help="comma-separated subset of the stages to run (pre-training on Zeisel 3005 always runs)",
     )
     parser.add_argument(

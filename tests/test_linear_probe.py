@@ -74,6 +74,26 @@ def test_head_saved_before_the_expression_path_loads_unchanged():
         CellTypeClassifier(d_model=6, n_genes=40, n_labels=3).load_state_dict(state)
 
 
+def test_head_saved_without_extra_genes_loads_with_them_at_zero():
+    """A head saved before it read genes outside the vocabulary computes the same after loading."""
+    embedding, expression, labels = _toy()
+    old = CellTypeClassifier(d_model=6, n_genes=40, n_labels=3).eval()
+    fit_linear_readout(old, embedding, expression, None, labels)
+    new = CellTypeClassifier(d_model=6, n_genes=40, n_labels=3, n_extra_genes=4).eval()
+    new.load_state_dict(old.state_dict())  # strict: shapes padded, nothing missing
+    assert new.expression_linear.weight.shape == (3, 44)
+    assert torch.count_nonzero(new.expression_linear.weight[:, 40:]) == 0
+    extra = torch.rand(90, 4) * 5
+    hidden = torch.randn(90, 40, 6)
+    missing = torch.zeros(44, dtype=torch.bool)
+    missing[7] = True
+    with torch.no_grad():
+        torch.testing.assert_close(
+            new(embedding, hidden, torch.cat([expression, extra], 1), missing),
+            old(embedding, hidden, expression, missing[:40]),
+        )
+
+
 def test_probe_cells_are_capped_at_random():
     cells = np.arange(0, 20_000, 2)
     assert np.array_equal(probe_cells(cells[:100], seed=0), cells[:100])

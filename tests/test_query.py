@@ -211,3 +211,59 @@ def test_lamanno_query_on_zeisel_reference(trained_small):
     imputed = model.get_imputed_expression(indices=[0, 1], all_genes=False)
     assert imputed.shape == (2, measured)
     assert set(imputed.columns) <= set(lamanno.var_names)
+
+
+def _with_marker_genes(adata, labels, n_extra=5, seed=0):
+    """``adata`` plus ``n_extra`` genes outside any vocabulary; the first marks the first class."""
+    rng = np.random.default_rng(seed)
+    extra = rng.poisson(0.2, (adata.n_obs, n_extra)).astype(np.float32)
+    first = np.asarray(labels) == np.asarray(labels)[0]
+    extra[first, 0] += 40.0
+    counts = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    return type(adata)(
+        X=np.hstack([counts, extra]).astype(np.float32),
+        obs=adata.obs.copy(),
+        var=pd.DataFrame(index=list(adata.var_names) + [f"NotInVocab{i}" for i in range(n_extra)]),
+    )
+
+
+def test_classifier_reads_query_genes_outside_the_vocabulary(classifier_small, tmp_path):
+    """The encoder cannot read a gene it has no token for; the classifier's expression path can."""
+    reference, adata = classifier_small
+    query = _with_marker_genes(_fresh(adata), adata.obs["cell_type"])
+    with pytest.warns(UserWarning, match="5 of the query's 605 genes .*cell-type classifier reads them"):
+        model = st.SCHyena.load_query_data(query, reference)
+    assert reference.module.n_extra_genes == 0 and model.module.n_extra_genes == 5
+    np.testing.assert_array_equal(model.module.extra_gene_index.numpy(), np.arange(600, 605))
+    head = model.module.classifier
+    assert head.expression_linear.in_features == len(model.gene_vocabulary) + 5
+    # the transferred head gets the extra genes at zero weight: it predicts what it predicted
+    # (up to the library sizes, which now count the extra genes' reads)
+    assert torch.count_nonzero(head.expression_linear.weight[:, -5:]) == 0
+    np.testing.assert_allclose(
+        model.predict(soft=True).to_numpy(), reference.predict(soft=True).to_numpy(), atol=2e-3
+    )
+    assert np.isfinite(model.get_unknown_scores()).all()  # the carried reference reads the vocabulary part
+
+    model.train_classifier(**QUIET)  # the probe, on every query gene
+    weights = head.expression_linear.weight.detach().abs()
+    marker, others = weights[:, -5].max(), weights[:, -4:].max()
+    assert marker > 2 * others, (marker, others)
+    assert marker >= weights[:, : len(model.gene_vocabulary)].max() / 2
+    model.save(tmp_path / "query", save_anndata=False)
+    loaded = st.SCHyena.load(tmp_path / "query", adata=query)
+    assert loaded.module.n_extra_genes == 5
+    np.testing.assert_allclose(
+        loaded.predict(soft=True).to_numpy(), model.predict(soft=True).to_numpy(), rtol=1e-5, atol=1e-6
+    )
+
+    # a query of that query: its own extra genes are not the next query's, so they do not transfer
+    second = _with_marker_genes(_fresh(adata), adata.obs["cell_type"], n_extra=3, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        again = st.SCHyena.load_query_data(second, model)
+    assert again.module.n_extra_genes == 3
+    assert torch.count_nonzero(again.module.classifier.expression_linear.weight[:, -3:]) == 0
+    assert getattr(again, "unknown_reference_", None) is None
+    with pytest.raises(RuntimeError, match="train_classifier"):
+        again.get_unknown_scores()

@@ -345,8 +345,8 @@ class ClassificationMixin:
         description = "Linear probe: encoding the labelled cells" if show_progress else None
         for _, out in self._inference_batches(self.adata, cells, batch_size, description):
             embeddings.append(out["cell_embedding"].float().cpu())
-            values.append(out["values"].float().cpu())
-            missing = out["missing"]
+            values.append(out["classifier_expression"].float().cpu())
+            missing = out["classifier_unseen"]
         embedding, expression = torch.cat(embeddings), torch.cat(values)
         labels = torch.as_tensor(codes[cells]).long()
         head = self.module.classifier
@@ -383,7 +383,11 @@ class ClassificationMixin:
     def _classifier_inputs(self, out: dict) -> torch.Tensor:
         """The classifier's standardised inputs of one minibatch of inference outputs."""
         return readout_features(
-            self.module.classifier, out["cell_embedding"], out["values"], out["missing"], dtype=torch.float32
+            self.module.classifier,
+            out["cell_embedding"],
+            out["classifier_expression"],
+            out["classifier_unseen"],
+            dtype=torch.float32,
         )
 
     def _warn_if_collapsed(self, cells: np.ndarray, which: str, max_epochs: int) -> None:

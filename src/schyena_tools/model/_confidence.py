@@ -111,9 +111,14 @@ def fit_unknown_reference(features: torch.Tensor, confidences: np.ndarray, seed:
 
 
 def project(reference: dict, features: torch.Tensor) -> torch.Tensor:
-    """``features`` in the reference's principal components."""
+    """``features`` in the reference's principal components.
+
+    Columns past the reference's width are left out: they are a query's extra genes, whose
+    weights a classifier transferred from a reference without them holds at zero.
+    """
     center = torch.from_numpy(reference["center"])
-    return (torch.as_tensor(features).float() - center) @ torch.from_numpy(reference["projection"])
+    features = torch.as_tensor(features).float()[:, : center.shape[0]]
+    return (features - center) @ torch.from_numpy(reference["projection"])
 
 
 def unknown_scores(reference: dict, coordinates: torch.Tensor, confidences: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from ._results import check_keys_free, fill_rows, store
 from ._save_load import SAVE_FORMAT_VERSION, SaveLoadMixin, package_version
 from ._training import DEFAULT_BATCH_SIZE, TrainingMixin
 from ._training_plan import SCHyenaTrainingPlan
-from ._vocabulary import gene_index_for, gene_mismatch
+from ._vocabulary import extra_gene_columns, gene_index_for, gene_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ class SCHyena(
                 f"not a subset) or pass gene_vocabulary=."
             )
         gene_index = gene_index_for(self.gene_vocabulary, adata.var_names)
+        extra_genes = extra_gene_columns(gene_index, adata.n_vars)
         self.module = self._module_cls(
             n_genes=len(self.gene_vocabulary),
             d_model=d_model,
@@ -159,6 +160,7 @@ class SCHyena(
             target_sum=target_sum,
             n_labels=self._n_classifier_labels(),
             gene_index=None if gene_index is None else torch.from_numpy(gene_index),
+            extra_gene_index=None if extra_genes is None else torch.from_numpy(extra_genes),
         )
         self.phase_history_: dict[str, dict[str, pd.DataFrame]] = {}
         # Saved with the model (attributes ending in "_" are), checked by load().

@@ -30,7 +30,9 @@ class QueryMixin:
         when the query's label categories are those of the reference (or the query has no
         labels, see below). Vocabulary genes that the query did not measure get the learned
         missing token: they are left out of the cell embedding and never scored in any loss.
-        Query genes outside the vocabulary are dropped (one warning says how many). Then
+        Query genes outside the vocabulary are not read by the encoder (one warning says how
+        many); the cell-type classifier reads them, after the vocabulary's genes, in its
+        expression path (as a logistic regression on the query's genes would). Then
         fine-tune it (:meth:`train`, :meth:`train_classifier`, :meth:`train_imputer`) or use it
         as it is.
 
@@ -91,7 +93,7 @@ class QueryMixin:
                     )
             ignored = (
                 f"{n_dropped} of the query's {len(query_genes)} genes are not in the reference vocabulary "
-                f"and are ignored; "
+                f"and are not read by the encoder (the cell-type classifier reads them); "
                 if n_dropped
                 else f"all {len(query_genes)} of the query's genes are in the reference vocabulary, but "
             )
@@ -125,7 +127,7 @@ class QueryMixin:
             and query_model._label_classes() == reference_model._label_classes()
         )
         transferred = {
-            key: value
+            key: _vocabulary_part(key, value, len(vocabulary))
             for key, value in reference_state.items()
             if same_classes or not key.startswith("classifier.")
         }
@@ -140,8 +142,13 @@ class QueryMixin:
             reference_model, "is_classifier_trained_", False
         )
         if query_model.is_classifier_trained_:
-            # The classifier's calibration and its unknown-type reference come with it.
-            for name in ("classifier_temperature_", "unknown_reference_"):
+            # The classifier's calibration and its unknown-type reference come with it; the
+            # reference's own extra genes (outside the vocabulary) do not, so an unknown-type
+            # reference fitted on them does not either (train_classifier() refits it).
+            names = ["classifier_temperature_"]
+            if reference_model.module.n_extra_genes == 0:
+                names.append("unknown_reference_")
+            for name in names:
                 if hasattr(reference_model, name):
                     setattr(query_model, name, getattr(reference_model, name))
         if getattr(reference_model, "is_doublet_detector_trained_", False):
@@ -185,3 +192,22 @@ class QueryMixin:
         cls.setup_anndata(
             adata, layer=layer, labels_key=labels_key, batch_key=batch_key, unlabeled_category=unlabeled
         )
+
+
+#: Classifier tensors whose last axis runs over the expression path's inputs.
+_EXPRESSION_INPUTS = (
+    "classifier.expression_linear.weight",
+    "classifier.expression_mean",
+    "classifier.expression_scale",
+)
+
+
+def _vocabulary_part(key: str, value, n_vocabulary: int):
+    """A reference classifier's expression tensors cut to the vocabulary's genes.
+
+    The columns after them read the reference data's own genes outside the vocabulary, which
+    are not the query's; the query head starts its own extra genes at neutral values.
+    """
+    if key in _EXPRESSION_INPUTS and value.shape[-1] > n_vocabulary:
+        return value[..., :n_vocabulary].clone()
+    return value

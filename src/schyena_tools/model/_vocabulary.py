@@ -110,6 +110,14 @@ def gene_index_for(vocabulary: pd.Index, var_names: pd.Index) -> np.ndarray | No
     return var_names.get_indexer(vocabulary).astype(np.int64)
 
 
+def extra_gene_columns(gene_index: np.ndarray | None, n_vars: int) -> np.ndarray | None:
+    """Data columns whose genes the vocabulary lacks (the classifier reads them), ``None`` if none."""
+    if gene_index is None:
+        return None
+    extra = np.setdiff1d(np.arange(n_vars), gene_index[gene_index >= 0])
+    return extra.astype(np.int64) if extra.size else None
+
+
 def output_columns(
     gene_index: np.ndarray | None,
     vocabulary: pd.Index,

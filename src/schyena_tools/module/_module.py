@@ -109,6 +109,10 @@ class SCHyenaModule(BaseModuleClass):
         Column of the registered data for each vocabulary gene, -1 where the data did not
         measure it (see :func:`schyena_tools.model.gene_index_for`); ``None`` when the data
         columns are the vocabulary, in order.
+    extra_gene_index
+        Columns of the registered data whose genes are not in the vocabulary. The encoder never
+        reads them; the cell-type classifier's expression path does, after the vocabulary's
+        genes (a query panel's own genes count for its annotation). ``None``: none.
 
     Notes
     -----
@@ -133,6 +137,7 @@ class SCHyenaModule(BaseModuleClass):
         target_sum: float = 1e4,
         n_labels: int = 0,
         gene_index: torch.Tensor | None = None,
+        extra_gene_index: torch.Tensor | None = None,
     ):
         super().__init__()
         self.n_genes = n_genes
@@ -149,7 +154,14 @@ class SCHyenaModule(BaseModuleClass):
         )
         self.cell_expression_head = CellExpressionHead(d_model, n_genes)
         self.n_labels = n_labels
-        self.classifier = CellTypeClassifier(d_model, n_genes, n_labels) if n_labels > 0 else None
+        if extra_gene_index is not None:
+            extra_gene_index = torch.as_tensor(extra_gene_index, dtype=torch.long).reshape(-1)
+        self.n_extra_genes = 0 if extra_gene_index is None else int(extra_gene_index.numel())
+        self.classifier = (
+            CellTypeClassifier(d_model, n_genes, n_labels, n_extra_genes=self.n_extra_genes)
+            if n_labels > 0
+            else None
+        )
         self.doublet_classifier = DoubletClassifier(d_model, n_genes)
         if gene_index is not None:
             gene_index = torch.as_tensor(gene_index, dtype=torch.long)
@@ -157,6 +169,7 @@ class SCHyenaModule(BaseModuleClass):
                 raise ValueError(f"gene_index must have one entry per vocabulary gene ({n_genes})")
         # Not in the state dict: it describes the data the model is registered on, not the model.
         self.register_buffer("gene_index", gene_index, persistent=False)
+        self.register_buffer("extra_gene_index", extra_gene_index, persistent=False)
 
     @property
     def embedding_dim(self) -> int:
@@ -175,6 +188,24 @@ class SCHyenaModule(BaseModuleClass):
         Returns the values (zero at missing genes) and the missing-gene mask (None if none).
         """
         return self.align_to_vocabulary(log_normalize(counts, self.target_sum))
+
+    def classifier_inputs(
+        self, counts: torch.Tensor, values: torch.Tensor, unseen: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The expression and unseen mask the cell-type classifier reads: vocabulary, then extras.
+
+        ``values``/``unseen``: the vocabulary-ordered values and the genes the encoder did not
+        read (``(genes,)`` or ``(cells, genes)``); the extra genes (``extra_gene_index``) are
+        appended, log-normalised like the rest and always seen.
+        """
+        if not self.n_extra_genes:
+            return values, unseen
+        extra = log_normalize(counts, self.target_sum)[:, self.extra_gene_index.to(counts.device)]
+        expression = torch.cat([values, extra.to(values.dtype)], dim=1)
+        if unseen is None:
+            return expression, None
+        seen = unseen.new_zeros((*unseen.shape[:-1], self.n_extra_genes))
+        return expression, torch.cat([unseen, seen], dim=-1)
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
         return {"counts": tensors[REGISTRY_KEYS.X_KEY]}
@@ -273,7 +304,9 @@ class SCHyenaModule(BaseModuleClass):
         if self.classifier is not None:
             # The expression path reads what the encoder read: masked values count as unseen.
             unseen = missing if masked is None else (masked if missing is None else masked | missing)
-            result["logits"] = self.classifier(out.cell_embedding, out.hidden, values, unseen)
+            expression, unseen = self.classifier_inputs(counts, values, unseen)
+            result["classifier_expression"], result["classifier_unseen"] = expression, unseen
+            result["logits"] = self.classifier(out.cell_embedding, out.hidden, expression, unseen)
         if masked is None:  # the doublet detector reads every value
             result["doublet_logits"] = self.doublet_classifier(
                 out.cell_embedding, out.hidden, values, missing, log_depth

@@ -85,6 +85,11 @@ class CellTypeClassifier(nn.Module):
       state of gene ``g`` projected on ``u``; zero for missing genes), the contextualised
       version of the expression path.
 
+    The expression path can also read ``n_extra_genes`` genes outside the vocabulary (a query's
+    genes the pre-trained encoder has no token for), appended after the vocabulary's: the
+    encoder never reads them, the readout does, as a logistic regression on the query's genes
+    would.
+
     ``z(.)`` standardises each input dimension with a mean and scale held as buffers (identity
     until :meth:`set_standardization` fills them from the training cells, as ``sc.pp.scale``
     does before a logistic regression; clipped at ``clip`` standard deviations).
@@ -107,18 +112,30 @@ class CellTypeClassifier(nn.Module):
         Dropout on the inputs of the head (in training only).
     clip
         Standardised inputs are clipped to ``[-clip, clip]``.
+    n_extra_genes
+        Genes outside the vocabulary that the expression path reads after the vocabulary's.
 
     """
 
     #: State-dict version (1: no expression path, no standardisation buffers).
     _version = 2
 
-    def __init__(self, d_model: int, n_genes: int, n_labels: int, dropout: float = 0.1, clip: float = 10.0):
+    def __init__(
+        self,
+        d_model: int,
+        n_genes: int,
+        n_labels: int,
+        dropout: float = 0.1,
+        clip: float = 10.0,
+        n_extra_genes: int = 0,
+    ):
         super().__init__()
         self.clip = clip
+        self.n_genes = n_genes
+        n_inputs = n_genes + n_extra_genes
         self.cell_norm = nn.LayerNorm(d_model)
         self.cell_linear = nn.Linear(d_model, n_labels)
-        self.expression_linear = nn.Linear(n_genes, n_labels, bias=False)
+        self.expression_linear = nn.Linear(n_inputs, n_labels, bias=False)
         self.token_projection = nn.Linear(d_model, 1)
         self.gene_linear = nn.Linear(n_genes, n_labels, bias=False)
         self.dropout = nn.Dropout(dropout)
@@ -126,8 +143,8 @@ class CellTypeClassifier(nn.Module):
         nn.init.zeros_(self.expression_linear.weight)
         self.register_buffer("cell_mean", torch.zeros(d_model))
         self.register_buffer("cell_scale", torch.ones(d_model))
-        self.register_buffer("expression_mean", torch.zeros(n_genes))
-        self.register_buffer("expression_scale", torch.ones(n_genes))
+        self.register_buffer("expression_mean", torch.zeros(n_inputs))
+        self.register_buffer("expression_scale", torch.ones(n_inputs))
 
     @property
     def out_features(self) -> int:
@@ -146,6 +163,7 @@ class CellTypeClassifier(nn.Module):
             }
             for name, value in neutral.items():
                 state_dict.setdefault(prefix + name, value)
+        _pad_expression_path(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)
 
     @torch.no_grad()
@@ -181,16 +199,39 @@ class CellTypeClassifier(nn.Module):
         expression: torch.Tensor,
         missing: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Embedding ``(cells, d)``, states ``(cells, genes, d)``, expression -> ``(cells, n_labels)``."""
+        """Embedding ``(cells, d)``, states ``(cells, genes, d)``, expression -> ``(cells, n_labels)``.
+
+        ``expression`` and ``missing`` cover the vocabulary's genes, then the extra genes.
+        """
         cells, genes = self.standardized_inputs(cell_embedding, expression, missing)
         per_gene = self.token_projection(hidden).squeeze(-1)
         if missing is not None:
-            per_gene = per_gene.masked_fill(missing.expand_as(per_gene), 0.0)
+            token_missing = missing[..., : self.n_genes]
+            per_gene = per_gene.masked_fill(token_missing.expand_as(per_gene), 0.0)
         return (
             self.cell_linear(self.dropout(cells))
             + self.expression_linear(self.dropout(genes))
             + self.gene_linear(self.dropout(per_gene))
         )
+
+
+def _pad_expression_path(head: CellTypeClassifier, state_dict: dict, prefix: str) -> None:
+    """A head saved with fewer expression inputs (no extra genes) loads with them at neutral values.
+
+    The extra genes' weights are zero and their standardisation the identity, so the head
+    computes what it computed when it was saved.
+    """
+    key = prefix + "expression_linear.weight"
+    saved = state_dict.get(key)
+    wanted = head.expression_linear.weight.shape[1]
+    if saved is None or saved.shape[1] >= wanted:
+        return
+    extra = wanted - saved.shape[1]
+    state_dict[key] = torch.cat([saved, saved.new_zeros(saved.shape[0], extra)], dim=1)
+    for name, fill in (("expression_mean", 0.0), ("expression_scale", 1.0)):
+        value = state_dict.get(prefix + name)
+        if value is not None and value.shape[0] < wanted:
+            state_dict[prefix + name] = torch.cat([value, value.new_full((extra,), fill)])
 
 
 def _scale(std: torch.Tensor) -> torch.Tensor:
