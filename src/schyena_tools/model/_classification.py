@@ -132,7 +132,8 @@ class ClassificationMixin:
         """Train the cell-type classifier on the registered ``labels_key``.
 
         The head (:class:`~schyena_tools.nn.CellTypeClassifier`) reads the cell embedding, the
-        expression of every vocabulary gene and the encoder's gene states. By default
+        expression of every vocabulary gene (and of the registered genes outside the
+        vocabulary, which the encoder cannot read) and the encoder's gene states. By default
         (``max_epochs=None``) its linear readout is fitted as a **linear probe**: an
         L2-penalised multinomial logistic regression on the standardised cell embedding and
         expression of the training cells, solved to convergence on the frozen pre-trained
