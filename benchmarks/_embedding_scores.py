@@ -36,11 +36,11 @@ def pca_of_hvgs(adata, n_hvg: int = 2000, n_comps: int = 50, seed: int = 0) -> n
     return sc.pp.pca(data.X, n_comps=n_comps, random_state=seed).astype(np.float32)
 
 
-def scvi_latent(adata, seed: int = 0) -> np.ndarray:
-    """scVI's latent mean (n_latent 10, 2,000 HVGs) trained with scvi-tools' default epochs."""
+def scvi_latent(adata, max_epochs: int, seed: int = 0) -> np.ndarray:
+    """scVI's latent mean (n_latent 10, 2,000 HVGs), trained ``max_epochs`` without labels."""
     from _downstream_baselines import fit_scvi
 
-    model = fit_scvi(adata, max_epochs=None, seed=seed)
+    model = fit_scvi(adata, max_epochs=max_epochs, seed=seed)
     return np.asarray(model.get_latent_representation(), dtype=np.float32)
 
 
