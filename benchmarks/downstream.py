@@ -521,7 +521,6 @@ def embedding_rows(results, stage, scvi_epochs: int, n_cells=None):
     """
     import schyena_tools as st
 
-    scores = embedding_scores
     bundled_reference = st.pretrained.load_zeisel_brain_model()
     zeisel_all = st.datasets.zeisel_brain()
     seen = set(st.pretrained.zeisel_brain_model_card()["zeisel_brain_cells_in_training"])
@@ -548,10 +547,14 @@ def embedding_rows(results, stage, scvi_epochs: int, n_cells=None):
             warnings.simplefilter("ignore", UserWarning)
             model = st.SCHyena.load_query_data(query, bundled_reference, case_insensitive=case_insensitive)
         methods = [
-            (f"PCA of {N_HVG} HVG", partial(scores.pca_of_hvgs, data, N_HVG, 50, SEED), f"{N_HVG} HVG"),
+            (
+                f"PCA of {N_HVG} HVG",
+                partial(embedding_scores.pca_of_hvgs, data, N_HVG, 50, SEED),
+                f"{N_HVG} HVG",
+            ),
             (
                 f"scVI ({scvi_epochs} epochs)",
-                partial(scores.scvi_latent, data, scvi_epochs, SEED),
+                partial(embedding_scores.scvi_latent, data, scvi_epochs, SEED),
                 f"{N_HVG} HVG",
             ),
             (
@@ -566,7 +569,7 @@ def embedding_rows(results, stage, scvi_epochs: int, n_cells=None):
             embeddings[method] = function()
             seconds[method] = time.perf_counter() - start
             genes[method] = n_genes
-        for method, row in scores.score_embeddings(embeddings, labels).items():
+        for method, row in embedding_scores.score_embeddings(embeddings, labels).items():
             results.add(
                 task="embedding",
                 dataset=name,

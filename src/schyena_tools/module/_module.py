@@ -190,17 +190,18 @@ class SCHyenaModule(BaseModuleClass):
         return self.align_to_vocabulary(log_normalize(counts, self.target_sum))
 
     def classifier_inputs(
-        self, counts: torch.Tensor, values: torch.Tensor, unseen: torch.Tensor | None
+        self, normalized: torch.Tensor, values: torch.Tensor, unseen: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The expression and unseen mask the cell-type classifier reads: vocabulary, then extras.
 
+        ``normalized``: the log-normalised values in data-column order (before alignment);
         ``values``/``unseen``: the vocabulary-ordered values and the genes the encoder did not
         read (``(genes,)`` or ``(cells, genes)``); the extra genes (``extra_gene_index``) are
-        appended, log-normalised like the rest and always seen.
+        appended and always seen.
         """
         if not self.n_extra_genes:
             return values, unseen
-        extra = log_normalize(counts, self.target_sum)[:, self.extra_gene_index.to(counts.device)]
+        extra = normalized[:, self.extra_gene_index.to(normalized.device)]
         expression = torch.cat([values, extra.to(values.dtype)], dim=1)
         if unseen is None:
             return expression, None
@@ -271,7 +272,8 @@ class SCHyenaModule(BaseModuleClass):
                 scored_zeros = (counts == 0) & (torch.rand_like(counts) < zero_score_ratio)
             counts = observed_counts
             mask_zeros = True
-        values, missing = self.normalize_and_align(counts)
+        normalized = log_normalize(counts, self.target_sum)  # once: the encoder's and the classifier's
+        values, missing = self.align_to_vocabulary(normalized)
         if mask_ratio is not None:
             masked = sample_expression_mask(values, mask_ratio, zero_mask_ratio, missing)
         elif mask_zeros:
@@ -304,7 +306,7 @@ class SCHyenaModule(BaseModuleClass):
         if self.classifier is not None:
             # The expression path reads what the encoder read: masked values count as unseen.
             unseen = missing if masked is None else (masked if missing is None else masked | missing)
-            expression, unseen = self.classifier_inputs(counts, values, unseen)
+            expression, unseen = self.classifier_inputs(normalized, values, unseen)
             result["classifier_expression"], result["classifier_unseen"] = expression, unseen
             result["logits"] = self.classifier(out.cell_embedding, out.hidden, expression, unseen)
         if masked is None:  # the doublet detector reads every value
