@@ -24,21 +24,27 @@ import sys
 import time
 
 
-def _import_nn_only() -> None:
+def _import_nn_only(source: str | None = None) -> None:
     """Make ``import schyena_tools.nn`` skip the package ``__init__`` (AnnData, scvi-tools...).
 
     The network is plain PyTorch; importing the whole package costs seconds per worker.
+    ``source``: a folder holding another version's ``schyena_tools/nn`` (``speed.py``'s
+    before/after extracts one from git) to import instead of the installed one.
     """
     import importlib.util
     import types
 
     if "schyena_tools" in sys.modules:
         return
-    spec = importlib.util.find_spec("schyena_tools")
-    if spec is None or not spec.submodule_search_locations:
-        return
+    if source is not None:
+        locations = [os.path.join(source, "schyena_tools")]
+    else:
+        spec = importlib.util.find_spec("schyena_tools")
+        if spec is None or not spec.submodule_search_locations:
+            return
+        locations = list(spec.submodule_search_locations)
     package = types.ModuleType("schyena_tools")
-    package.__path__ = list(spec.submodule_search_locations)
+    package.__path__ = locations
     sys.modules["schyena_tools"] = package
 
 
@@ -92,16 +98,19 @@ def main(cfg: dict) -> dict:
     device = torch.device(cfg["device"])
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg["dtype"]]
 
-    if cfg.get("impl") == "baseline":
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from _baseline_nn import SCHyenaEncoder
+    _import_nn_only(cfg.get("source"))
+    import inspect
 
-        extra = {}
-    else:
-        _import_nn_only()
-        from schyena_tools.nn import SCHyenaEncoder
+    from schyena_tools.nn import SCHyenaEncoder
 
-        extra = {"mixer": cfg["mixer"], "attention_heads": cfg["attention_heads"]}
+    accepted = inspect.signature(SCHyenaEncoder).parameters
+    extra = {
+        k: cfg[k]
+        for k in ("mixer", "attention_heads", "cells_per_chunk")
+        if k in accepted and cfg.get(k) is not None
+    }
+    if cfg.get("mixer", "hyena") != "hyena" and "mixer" not in accepted:
+        return {"status": "error", "message": "this version has no attention mixer"}
 
     torch.manual_seed(0)
     length, batch = cfg["length"], cfg["batch_size"]
@@ -185,7 +194,9 @@ def main(cfg: dict) -> dict:
         peak = (_status_kb("VmHWM") or 0) * 1024 - base
         mem_method = "peak RSS (VmHWM after clear_refs) - RSS before" if reset_ok else "VmHWM - RSS before"
     sec = statistics.median(times)
+    fft = fft_profile(step, cfg) if cfg.get("profile_fft") else {}
     return {
+        **fft,
         "status": "ok",
         "sec_per_batch": sec,
         "cells_per_s": batch / sec,
@@ -197,6 +208,73 @@ def main(cfg: dict) -> dict:
         "mem_method": mem_method,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+    }
+
+
+def fft_flops(n_fft: int, rows: int) -> float:
+    """Conventional cost of ``rows`` real FFTs of size ``n_fft``: ``2.5 n log2 n`` each."""
+    import math
+
+    return rows * 2.5 * n_fft * math.log2(n_fft)
+
+
+def fft_profile(step, cfg: dict) -> dict:
+    """FFT share of one more step (``torch.profiler``) and its FLOP/s against the FFT roof.
+
+    The share is the self CPU time of the real-FFT kernels (``aten::_fft_r2c``/``_fft_c2r``)
+    over the whole step; their FLOP count comes from their input shapes. The roof is the best of
+    ``torch.fft`` and SciPy's pocketfft on 16, 64 and 256 rows of the same size, alone, with the
+    worker's threads: what this CPU's FFT libraries reach at best.
+    """
+    import time
+
+    import numpy as np
+    import scipy.fft
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    total = fft_time = flops = 0.0
+    n_fft = None
+    for event in prof.events():
+        if event.cpu_parent is None:
+            total += event.cpu_time_total
+        if event.name in ("aten::_fft_r2c", "aten::_fft_c2r"):
+            shape = event.input_shapes[0]
+            n = shape[-1] if event.name == "aten::_fft_r2c" else 2 * (shape[-1] - 1)
+            rows = int(np.prod(shape[:-1]))
+            fft_time += event.self_cpu_time_total
+            flops += fft_flops(n, rows)
+            n_fft = n
+    if not total or n_fft is None:
+        return {}
+    roofs = {}
+    for rows in (16, 64, 256):  # in cache and out of it: the roof is the best
+        signal = torch.rand(rows, n_fft)
+        for name, forward, inverse in (
+            ("torch", lambda x: torch.fft.rfft(x), lambda f: torch.fft.irfft(f, n=n_fft)),
+            (
+                "scipy",
+                lambda x: torch.from_numpy(scipy.fft.rfft(x.numpy(), workers=torch.get_num_threads())),
+                lambda f: torch.from_numpy(
+                    scipy.fft.irfft(f.numpy(), n=n_fft, workers=torch.get_num_threads())
+                ),
+            ),
+        ):
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                inverse(forward(signal))
+                best = min(best, time.perf_counter() - t0)
+            roofs[f"{name}_{rows}_rows"] = 2 * fft_flops(n_fft, rows) / best / 1e9
+    achieved = flops / (fft_time / 1e6) / 1e9
+    return {
+        "fft_share": fft_time / total,
+        "fft_gflops": achieved,
+        "fft_roof_gflops": max(roofs.values()),
+        "fft_roof_by_backend": roofs,
+        "n_fft": n_fft,
     }
 
 

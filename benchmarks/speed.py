@@ -15,8 +15,10 @@ and reports the median time per batch and the peak memory (see ``_speed_worker.p
 configuration that runs out of memory is marked ``OOM``; one that does not finish within the
 budget is killed and marked ``timeout``, and longer lengths of the same series are then skipped.
 Hyena and attention of the same length run back to back, so their ratio is measured side by
-side. ``--before-after`` (default on) also times the frozen pre-optimisation network
-(``_baseline_nn.py``) against the current one at full length.
+side. ``--before-after`` (default on) also times the network of an earlier commit
+(``--before-commit``, extracted from git) against the current one at full length, alternately
+in fresh processes, at the package's batch size and the sweep's, with the FFT share of the time
+and the FFTs' FLOP/s against this CPU's FFT roof.
 
 Writes ``speed_<device>.md`` (tables), ``speed_<device>.png`` (log-log plot) and
 ``speed_<device>.json`` (raw numbers) into ``--out``.
@@ -40,6 +42,9 @@ MODELS = {
     "paper": dict(d_model=256, n_layers=4, order=2, filter_hidden_dim=32, attention_heads=8),
 }
 DEFAULT_LENGTHS = [1000, 2000, 4000, 8000, 16000, FULL_LENGTH, 32000]
+#: The last commit before the CPU work of issue 15 (cells in cache-sized chunks, the short
+#: convolution's own backward): what ``--before-after`` compares against by default.
+BEFORE_COMMIT = "5cf7b80"
 
 
 def parse_args(argv=None):
@@ -92,7 +97,21 @@ def parse_args(argv=None):
         "--no-before-after",
         dest="before_after",
         action="store_false",
-        help="skip the comparison with the pre-optimisation network",
+        help="skip the comparison with the network of --before-commit",
+    )
+    p.add_argument(
+        "--before-commit",
+        default=BEFORE_COMMIT,
+        help=f"git commit whose src/schyena_tools/nn is 'before' (default {BEFORE_COMMIT})",
+    )
+    p.add_argument(
+        "--before-after-batch-sizes",
+        default="2,16",
+        help="cells per batch of the before/after runs (16: the package's default batch size)",
+    )
+    p.add_argument("--before-after-models", default="default", help="models of the before/after runs")
+    p.add_argument(
+        "--before-after-rounds", type=int, default=2, help="alternating before/after rounds (median)"
     )
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs", "benchmarks"))
     p.add_argument("--tag", default=None, help="output file stem (default speed_<device>[_<dtype>])")
@@ -107,6 +126,8 @@ def parse_args(argv=None):
     args.models = [m for m in args.models.split(",") if m]
     args.mixers = [m for m in args.mixers.split(",") if m]
     args.modes = [m for m in args.modes.split(",") if m]
+    args.before_after_models = [m for m in args.before_after_models.split(",") if m]
+    args.before_after_batch_sizes = [int(v) for v in args.before_after_batch_sizes.split(",") if v]
     if args.batch_size is None:
         args.batch_size = 32 if args.device.startswith("cuda") else 2
     if args.threads is None:
@@ -215,6 +236,7 @@ def main(argv=None):
         "compile": args.compile,
         "gradient_checkpointing": args.gradient_checkpointing,
         "models": {m: MODELS[m] for m in args.models},
+        "before_commit": args.before_commit if args.before_after else None,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print(
@@ -262,37 +284,69 @@ def main(argv=None):
                     results.append(row)
                     print(_progress(row), flush=True)
     before_after = []
-    if args.before_after and "hyena" in args.mixers:
-        for model in args.models:
-            for mode in args.modes:
-                for length in [FULL_LENGTH]:
-                    pair = {}
-                    # baseline: the frozen pre-speed-work network; previous: this network with
-                    # torch.fft (the default); current: with SciPy's pocketfft on the CPU.
-                    for impl, backend in (("baseline", None), ("previous", "torch"), ("current", "scipy")):
-                        if time.monotonic() > deadline:
-                            pair[impl] = {"status": "not run"}
-                            continue
-                        if impl == "previous" and args.device != "cpu":
-                            continue  # on a GPU both use cuFFT
-                        cfg = dict(base_cfg(model, mode, length), mixer="hyena", compile=False)
-                        cfg.update(impl="baseline" if impl == "baseline" else "current", fft_backend=backend)
-                        pair[impl] = run_config(cfg, hard_limit)
-                    entry = dict(model=model, mode=mode, length=length, **pair)
-                    before_after.append(entry)
-                    print(
-                        "before/after",
-                        model,
-                        mode,
-                        length,
-                        {k: _fmt_time(v) for k, v in pair.items()},
-                        flush=True,
-                    )
+    if args.before_after:
+        before_after = run_before_after(args, base_cfg, hard_limit, deadline)
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     payload = {"meta": meta, "results": results, "before_after": before_after}
     md = write_outputs(payload, args.out, args.tag)
     print(md)
     return payload
+
+
+def extract_commit(commit: str, path: str = "src/schyena_tools/nn") -> str:
+    """``path`` of ``commit`` in a temporary folder; returns its ``src`` (what goes on ``sys.path``)."""
+    import tempfile
+
+    root = os.path.dirname(HERE)
+    folder = tempfile.mkdtemp(prefix=f"schyena_nn_{commit}_")
+    archive = subprocess.run(["git", "-C", root, "archive", commit, path], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise RuntimeError(
+            f"git archive {commit} failed ({archive.stderr.decode().strip()[:200]}); run from a full "
+            "clone, or pass --before-commit with a commit it has, or --no-before-after"
+        )
+    subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+    return os.path.join(folder, "src")
+
+
+def run_before_after(args, base_cfg, hard_limit: float, deadline: float) -> list[dict]:
+    """``before`` (``--before-commit``) and ``after`` (this checkout), alternately, full length."""
+    source = extract_commit(args.before_commit)
+    entries = []
+    for model in args.before_after_models:
+        for batch in args.before_after_batch_sizes:
+            for mode in args.modes:
+                runs: dict[str, list] = {"before": [], "after": []}
+                for _ in range(args.before_after_rounds):
+                    for impl in ("before", "after"):
+                        if time.monotonic() > deadline:
+                            continue
+                        cfg = dict(base_cfg(model, mode, FULL_LENGTH), mixer="hyena", compile=False)
+                        cfg.update(batch_size=batch, profile_fft=True)
+                        if impl == "before":
+                            cfg["source"] = source
+                        runs[impl].append(run_config(cfg, hard_limit))
+                entry = dict(model=model, mode=mode, length=FULL_LENGTH, batch_size=batch)
+                entry.update({impl: summarise_rounds(rs) for impl, rs in runs.items()})
+                entry["rounds"] = runs
+                entries.append(entry)
+                print("before/after", model, mode, batch, {k: _fmt_time(entry[k]) for k in runs}, flush=True)
+    return entries
+
+
+def summarise_rounds(rounds: list[dict]) -> dict:
+    """Median over the rounds that finished (time, memory, FFT figures)."""
+    import statistics
+
+    ok = [r for r in rounds if r.get("status") == "ok"]
+    if not ok:
+        return rounds[-1] if rounds else {"status": "not run"}
+    out = {"status": "ok", "n_rounds": len(ok)}
+    for key in ("sec_per_batch", "cells_per_s", "peak_mem_mb", "fft_share", "fft_gflops", "fft_roof_gflops"):
+        values = [r[key] for r in ok if r.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
+    return out
 
 
 def _fmt_time(r):
@@ -444,38 +498,49 @@ def report_markdown(payload) -> str:
             f"| {fmt(e.get('cpu_time_exponent'))} |"
         )
     if payload.get("before_after"):
-        lines += [
-            "",
-            "## Before / after the speed work (same run, same weights, Hyena mixer)",
-            "",
-            f"Device: {meta['device_description']}, {meta['dtype']}. `before` is the network as of "
-            "commit 9cd6428 (`benchmarks/_baseline_nn.py`).",
-            "",
-            "`previous` is this network with `torch.fft` (the default); `after` is the same "
-            "network with SciPy's pocketfft for the CPU FFTs (`use_fft_backend('scipy')`).",
-            "",
-            "| model | mode | genes | before s/batch | previous s/batch | after s/batch "
-            "| after vs previous | after vs before | before / previous / after peak MB |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-
-        def seconds(r):
-            return f"{r['sec_per_batch']:.3f}" if r.get("status") == "ok" else str(r.get("status", "-"))
-
-        def ratio(slow, fast):
-            ok = slow.get("status") == "ok" and fast.get("status") == "ok"
-            return f"{slow['sec_per_batch'] / fast['sec_per_batch']:.2f}x" if ok else ""
-
-        for e in payload["before_after"]:
-            b, p, c = e["baseline"], e.get("previous", {}), e["current"]
-            memory = " / ".join(
-                f"{r['peak_mem_mb']:.0f}" if r.get("status") == "ok" else "-" for r in (b, p, c)
-            )
-            lines.append(
-                f"| {e['model']} | {e['mode']} | {e['length']:,} | {seconds(b)} | {seconds(p)} | "
-                f"{seconds(c)} | {ratio(p, c)} | {ratio(b, c)} | {memory} |"
-            )
+        lines += before_after_markdown(payload)
     return "\n".join(lines) + "\n"
+
+
+def before_after_markdown(payload) -> list[str]:
+    """The before/after table (medians over the alternating rounds)."""
+    meta = payload["meta"]
+    entries = [e for e in payload["before_after"] if "before" in e]
+    if not entries:
+        return []
+    lines = [
+        "",
+        "## Before / after (same run, alternating fresh processes, same weights, Hyena mixer)",
+        "",
+        f"Device: {meta['device_description']}, {meta['dtype']}, {meta['threads']} thread(s). "
+        f"`before` is `src/schyena_tools/nn` of commit {meta.get('before_commit', '?')}; `after` is "
+        "this checkout. FFT share: self time of the real-FFT kernels over the step "
+        "(`torch.profiler`); FFT GFLOP/s: their `2.5 n log2 n` FLOPs over that time; roof: the best "
+        "of `torch.fft` and SciPy on 16, 64 or 256 rows of the same size alone.",
+        "",
+        "| model | mode | batch | before s/batch | after s/batch | speed-up | before / after peak MB "
+        "| FFT share before / after | FFT GFLOP/s before / after (roof) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def seconds(r):
+        return f"{r['sec_per_batch']:.3f}" if r.get("status") == "ok" else str(r.get("status", "-"))
+
+    def value(r, key, spec):
+        return format(r[key], spec) if r.get(key) is not None else "-"
+
+    for e in entries:
+        b, a = e["before"], e["after"]
+        ok = b.get("status") == "ok" and a.get("status") == "ok"
+        speedup = f"**{b['sec_per_batch'] / a['sec_per_batch']:.2f}x**" if ok else ""
+        lines.append(
+            f"| {e['model']} | {e['mode']} | {e['batch_size']} | {seconds(b)} | {seconds(a)} | {speedup} "
+            f"| {value(b, 'peak_mem_mb', '.0f')} / {value(a, 'peak_mem_mb', '.0f')} "
+            f"| {value(b, 'fft_share', '.0%')} / {value(a, 'fft_share', '.0%')} "
+            f"| {value(b, 'fft_gflops', '.1f')} / {value(a, 'fft_gflops', '.1f')} "
+            f"({value(a, 'fft_roof_gflops', '.1f')}) |"
+        )
+    return lines
 
 
 def _find(results, model, mode, mixer, length):

@@ -246,3 +246,73 @@ def test_compile_failure_falls_back_with_warning():
         out = model(x).hidden
     assert not model.is_compiled
     torch.testing.assert_close(out.detach(), eager)
+
+
+# ---- cells in cache-sized chunks, the short convolution's own backward --------------------------
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_chunked_encoder_equals_the_whole_batch(training, checkpointing):
+    torch.manual_seed(0)
+    whole = tiny_encoder(50, cells_per_chunk=100, gradient_checkpointing=checkpointing).train(training)
+    chunked = tiny_encoder(50, cells_per_chunk=2, gradient_checkpointing=checkpointing).train(training)
+    chunked.load_state_dict(whole.state_dict())
+    x = torch.rand(5, 50)
+    masked = torch.rand(5, 50) < 0.2
+    for missing in (torch.arange(50) % 7 == 0, torch.rand(5, 50) < 0.1):
+        outputs = [model(x, masked=masked, missing=missing) for model in (whole, chunked)]
+        for field in ("hidden", "predicted_expression", "cell_embedding"):
+            torch.testing.assert_close(getattr(outputs[1], field), getattr(outputs[0], field))
+        if training:
+            for out in outputs:
+                out.predicted_expression.pow(2).mean().backward()
+            for (name, a), b in zip(whole.named_parameters(), chunked.parameters(), strict=True):
+                assert (a.grad is None) == (b.grad is None), name
+                if a.grad is not None:
+                    torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+            whole.zero_grad(), chunked.zero_grad()
+
+
+def test_cpu_chunk_rule_keeps_one_operator_in_cache_and_gpus_run_whole_batches():
+    from schyena_tools.nn import SCHyenaEncoder, cpu_cells_per_chunk
+
+    # the default model at full length: one cell per chunk to embed, two to train
+    assert cpu_cells_per_chunk(19972, 64, 2, training=False) == 1
+    assert cpu_cells_per_chunk(19972, 64, 2, training=True) == 2
+    assert cpu_cells_per_chunk(19972, 256, 2, training=True) == 1
+    assert cpu_cells_per_chunk(2000, 32, 2, training=False) == 21
+    model = SCHyenaEncoder(19972, d_model=8, n_layers=1)
+    assert model.chunk_size(16, torch.device("cpu")) == cpu_cells_per_chunk(19972, 8, 2, torch.is_grad_enabled())
+    assert model.chunk_size(16, torch.device("cuda")) == 16
+    assert SCHyenaEncoder(100, d_model=8, cells_per_chunk=3).chunk_size(16, torch.device("cuda")) == 3
+    with pytest.raises(ValueError, match="cells_per_chunk"):
+        SCHyenaEncoder(100, cells_per_chunk=0)
+
+
+@pytest.mark.parametrize("kernel,length", [(1, 6), (3, 9), (5, 11), (5, 2)])
+def test_short_convolution_backward_is_exact(kernel, length):
+    from schyena_tools.nn import short_convolution
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, length, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 1, kernel, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(short_convolution, (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda x, w: short_convolution(x, w, None), (x, weight))
+    # the same gradients as autograd through the plain multiply-adds
+    grad = torch.randn(2, 4, length, dtype=torch.float64)
+    ours = torch.autograd.grad(short_convolution(x, weight, bias), (x, weight, bias), grad)
+    plain = torch.autograd.grad(depthwise_short_conv(x, weight, bias), (x, weight, bias), grad)
+    for a, b in zip(ours, plain, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_short_convolution_under_bf16_autocast_gives_float32_parameter_gradients():
+    op = BidirectionalHyenaOperator(8, hidden_dim=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = op(torch.randn(2, 30, 8))
+    out.float().pow(2).mean().backward()
+    assert op.short_conv.weight.grad.dtype == torch.float32
+    assert op.short_conv.bias.grad.dtype == torch.float32
+    assert torch.isfinite(op.short_conv.weight.grad).all()

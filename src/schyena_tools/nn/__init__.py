@@ -8,7 +8,7 @@
 """
 
 from ._attention import BidirectionalAttentionMixer
-from ._encoder import EncoderOutput, SCHyenaEncoder, compile_encoder
+from ._encoder import EncoderOutput, SCHyenaEncoder, compile_encoder, cpu_cells_per_chunk
 from ._fftconv import (
     bidirectional_fft_conv,
     direct_conv_reference,
@@ -21,7 +21,13 @@ from ._fftconv import (
     use_fft_backend,
 )
 from ._heads import CellExpressionHead, CellStandardize, CellTypeClassifier, DoubletClassifier
-from ._hyena import BidirectionalHyenaOperator, HyenaBlock, ImplicitLongFilter, depthwise_short_conv
+from ._hyena import (
+    BidirectionalHyenaOperator,
+    HyenaBlock,
+    ImplicitLongFilter,
+    depthwise_short_conv,
+    short_convolution,
+)
 
 __all__ = [
     "BidirectionalAttentionMixer",
@@ -36,6 +42,7 @@ __all__ = [
     "SCHyenaEncoder",
     "bidirectional_fft_conv",
     "compile_encoder",
+    "cpu_cells_per_chunk",
     "depthwise_short_conv",
     "direct_conv_reference",
     "fast_fft_size",
@@ -45,4 +52,5 @@ __all__ = [
     "use_fft_backend",
     "long_convolution",
     "pad_filters",
+    "short_convolution",
 ]

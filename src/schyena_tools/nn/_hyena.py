@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from ._fftconv import _is_compiling, fast_fft_size, fft_dtype, fftconv, long_convolution, pad_filters, rfft
+from ._fftconv import _is_compiling, fast_fft_size, fft_dtype, irfft, long_convolution, pad_filters, rfft
 
 
 class Sin(nn.Module):
@@ -125,6 +125,63 @@ def depthwise_short_conv(
     return out
 
 
+class _ShortConvolution(torch.autograd.Function):
+    """:func:`depthwise_short_conv` with a hand-written backward.
+
+    Autograd through the shifted in-place multiply-adds saves a copy of each shifted view and
+    pads every tap's gradient back to full length (about a dozen passes over the
+    ``(batch, channels, L)`` streams). Here only the input is saved, and the backward is one
+    short convolution with the taps reversed (the gradient of the input) plus one multiply and
+    reduction per tap (the gradient of the taps).
+    """
+
+    @staticmethod
+    def forward(ctx, signal: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(signal, weight)
+        ctx.has_bias = bias is not None
+        return depthwise_short_conv(signal, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        signal, weight = ctx.saved_tensors
+        kernel = weight.shape[-1]
+        centre = kernel // 2
+        grad_signal = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # out[l] = sum_k w[k] x[l + k - c]  =>  grad_x[j] = sum_k w[K - 1 - k] g[j + k - c]
+            grad_signal = depthwise_short_conv(grad_out, weight.flip(-1), None)
+        if ctx.needs_input_grad[1]:
+            grad = grad_out.to(signal.dtype)
+            taps = []
+            for k in range(kernel):
+                shift = k - centre
+                if abs(shift) >= signal.shape[-1]:
+                    taps.append(weight.new_zeros(grad.shape[1]))
+                elif shift >= 0:
+                    product = torch.mul(grad[..., : grad.shape[-1] - shift], signal[..., shift:])
+                    taps.append(product.sum((0, 2), dtype=weight.dtype))
+                else:
+                    product = torch.mul(grad[..., -shift:], signal[..., :shift])
+                    taps.append(product.sum((0, 2), dtype=weight.dtype))
+            grad_weight = torch.stack(taps, dim=-1).reshape(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum((0, 2), dtype=weight.dtype)
+        return grad_signal, grad_weight, grad_bias
+
+
+def short_convolution(signal: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`depthwise_short_conv`, differentiable through a lean custom backward.
+
+    Without autograd (inference) or inside :func:`torch.compile` it is the plain function.
+    """
+    tracked = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (signal, weight, bias)
+    )
+    if not tracked or _is_compiling():
+        return depthwise_short_conv(signal, weight, bias)
+    return _ShortConvolution.apply(signal, weight, bias)
+
+
 class BidirectionalHyenaOperator(nn.Module):
     """Hyena operator of order ``N`` with non-causal implicit long convolutions.
 
@@ -154,7 +211,7 @@ class BidirectionalHyenaOperator(nn.Module):
     -----
     Speed (see ``docs/benchmarks/speed.md``): the projections are batched matrix products straight
     into the ``(batch, channels, L)`` layout that the FFT needs, so no transpose copies are made;
-    the short convolution is :func:`depthwise_short_conv`; all ``N`` filter spectra are computed
+    the short convolution is :func:`short_convolution`; all ``N`` filter spectra are computed
     in one real FFT per forward (shared by the batch), with the bias term ``bias_n * z`` folded
     into the offset-0 tap so it costs nothing per cell. Without autograd the gated convolutions
     run in one reused buffer, in place. Under autocast the projections run in the autocast
@@ -246,29 +303,60 @@ class BidirectionalHyenaOperator(nn.Module):
         weight, bias = self.out_proj.weight, self.out_proj.bias
         return torch.baddbmm(bias, z.transpose(1, 2), weight.t().expand(z.shape[0], -1, -1))
 
+    def _runs_inplace(self) -> bool:
+        """Whether :meth:`forward` takes the autograd-free path (cached spectra, one buffer)."""
+        dropout_on = self.training and self.dropout.p > 0
+        return not torch.is_grad_enabled() and not _is_compiling() and not dropout_on
+
+    def prepare_filters(self, length: int) -> torch.Tensor:
+        """What :meth:`forward` needs of the long filters at ``length``, computed once.
+
+        The filter spectra (autograd-free path) or the padded filters (otherwise): they depend on
+        the parameters and ``L`` only, so an encoder that runs a batch in chunks of cells computes
+        them once and passes them to each chunk's forward (``filters=``), and in training the
+        filter MLP's graph is shared by the chunks.
+        """
+        n_fft = fast_fft_size(2 * length - 1)
+        if self._runs_inplace():
+            return self.filter_spectra(length, n_fft)
+        return self.padded_filters(length, n_fft)
+
     def _gated_convolutions_inplace(
         self, z: torch.Tensor, gates: list[torch.Tensor], spectra: torch.Tensor, n_fft: int
     ) -> torch.Tensor:
-        """Autograd-free gated convolutions: each product written in place into one buffer."""
-        z = z.to(fft_dtype(spectra.dtype), copy=True)
-        for n, gate in enumerate(gates):
-            torch.mul(gate, fftconv(z, spectra[n], n_fft), out=z)
-        return z
+        """Autograd-free gated convolutions, every product written in place into one buffer.
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """``u``: ``(batch, L, d_model)`` -> ``(batch, L, d_model)``."""
+        The buffer is ``n_fft`` long with zeros after ``L``: each gated product goes into its
+        first ``L`` entries, so the next transform reads it as it is, without a padded copy.
+        """
+        length = z.shape[-1]
+        buffer = z.new_zeros(z.shape[:-1] + (n_fft,), dtype=fft_dtype(spectra.dtype))
+        signal = buffer[..., :length]
+        signal.copy_(z)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            for n, gate in enumerate(gates):
+                spectrum = rfft(buffer, n=n_fft)
+                spectrum.mul_(spectra[n])
+                torch.mul(gate, irfft(spectrum, n=n_fft)[..., length - 1 : 2 * length - 1], out=signal)
+        return signal
+
+    def forward(self, u: torch.Tensor, filters: torch.Tensor | None = None) -> torch.Tensor:
+        """``u``: ``(batch, L, d_model)`` -> ``(batch, L, d_model)``.
+
+        ``filters``: :meth:`prepare_filters` of this ``L``, when the caller computed them once
+        for several forwards (computed here when omitted).
+        """
         length = u.shape[1]
         n_fft = fast_fft_size(2 * length - 1)
+        if filters is None:
+            filters = self.prepare_filters(length)
         streams = self._project_in(u)  # (B, (N+1)d, L)
-        streams = depthwise_short_conv(streams, self.short_conv.weight, self.short_conv.bias)
+        streams = short_convolution(streams, self.short_conv.weight, self.short_conv.bias)
         *gates, z = streams.split(self.d_model, dim=1)
-        inplace = (
-            not torch.is_grad_enabled() and not _is_compiling() and not (self.training and self.dropout.p > 0)
-        )
-        if inplace:
-            z = self._gated_convolutions_inplace(z, gates, self.filter_spectra(length, n_fft), n_fft)
+        if self._runs_inplace():
+            z = self._gated_convolutions_inplace(z, gates, filters, n_fft)
         else:
-            filters = self.padded_filters(length, n_fft)  # once per forward, shared by the batch
+            filters = filters.view(self.order, self.d_model, n_fft)
             for n, gate in enumerate(gates):
                 z = self.dropout(gate * long_convolution(z, filters[n], n_fft))
         return self._project_out(z)
@@ -325,13 +413,19 @@ class HyenaBlock(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def prepare(self, length: int) -> torch.Tensor | None:
+        """The mixer's per-length precomputation (Hyena's long filters; None for attention)."""
+        return self.mixer.prepare_filters(length) if self.mixer_type == "hyena" else None
+
+    def forward(self, u: torch.Tensor, prepared: torch.Tensor | None = None) -> torch.Tensor:
+        """``u``: ``(batch, L, d_model)``; ``prepared``: :meth:`prepare` of this ``L``, if computed."""
+        mix = self.mixer if prepared is None else lambda x: self.mixer(x, filters=prepared)
         if torch.is_grad_enabled() or _is_compiling():
-            u = u + self.mixer(self.norm_mixer(u))
+            u = u + mix(self.norm_mixer(u))
             return u + self.mlp(self.norm_mlp(u))
         # inference: residual adds in place into the fresh branch outputs (same result, fewer
         # allocations) unless autocast gave the branch a narrower dtype than the residual stream
-        u = _residual_add(u, self.mixer(self.norm_mixer(u)))
+        u = _residual_add(u, mix(self.norm_mixer(u)))
         return _residual_add(u, self.mlp(self.norm_mlp(u)))
 
 
