@@ -204,7 +204,8 @@ def write_outputs(payload, out_dir, tag):
     with open(os.path.join(out_dir, tag + ".md"), "w") as fh:
         fh.write(md)
     try:
-        plot(payload, os.path.join(out_dir, tag + ".png"))
+        if payload["results"]:  # a before/after-only run has no sweep to plot
+            plot(payload, os.path.join(out_dir, tag + ".png"))
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
     return md
@@ -322,10 +323,13 @@ def run_before_after(args, base_cfg, hard_limit: float, deadline: float) -> list
                         if time.monotonic() > deadline:
                             continue
                         cfg = dict(base_cfg(model, mode, FULL_LENGTH), mixer="hyena", compile=False)
-                        cfg.update(batch_size=batch, profile_fft=True)
+                        # a training batch of 16 before the change takes ~20 s: give every
+                        # run room for its warm-up, 3 repeats and the profiled step
+                        budget = max(args.time_budget, 120.0)
+                        cfg.update(batch_size=batch, profile_fft=True, time_budget=budget)
                         if impl == "before":
                             cfg["source"] = source
-                        runs[impl].append(run_config(cfg, hard_limit))
+                        runs[impl].append(run_config(cfg, max(hard_limit, 300.0)))
                 entry = dict(model=model, mode=mode, length=FULL_LENGTH, batch_size=batch)
                 entry.update({impl: summarise_rounds(rs) for impl, rs in runs.items()})
                 entry["rounds"] = runs

@@ -131,6 +131,8 @@ def test_fine_tuning_starts_from_the_probe(zeisel_small):
         (dict(max_epochs=0, linear_probe=False), "trains nothing"),
         (dict(max_epochs=-1), "non-negative"),
         (dict(probe_penalty=0.0), "probe_penalty"),
+        (dict(probe_iterations=0), "probe_iterations"),
+        (dict(probe_iterations="early"), "probe_iterations"),
     ],
 )
 def test_bad_probe_arguments_fail_before_any_work(zeisel_small, kwargs, match):
@@ -156,3 +158,33 @@ def test_columns_that_are_zero_everywhere_get_zero_weight_and_change_nothing():
     torch.testing.assert_close(torch.cat([padded_weight[:, :4], padded_weight[:, 9:]], 1), weight)
     torch.testing.assert_close(padded_bias, bias)
     assert padded_loss == pytest.approx(loss)
+
+
+def test_logistic_path_snapshots_continue_one_fit_and_end_at_the_optimum():
+    from schyena_tools.model._linear_readout import logistic_path, solve_logistic
+
+    embedding, expression, labels = _toy()
+    features = torch.cat([embedding, expression], 1).double()
+    path = logistic_path(features, labels, 3, 1.0, (2, 10, 500))
+    weight, bias, _ = solve_logistic(features, labels, 3, 1.0)
+    torch.testing.assert_close(path[-1][0], weight)
+    torch.testing.assert_close(path[-1][1], bias)
+    first, _, _ = solve_logistic(features, labels, 3, 1.0, max_iter=2)
+    torch.testing.assert_close(path[0][0], first)
+    # early snapshots are smaller: stopping early shrinks the weights towards the zero start
+    norms = [w.norm().item() for w, _ in path]
+    assert norms[0] < norms[1] <= norms[2] + 1e-9
+
+
+def test_early_stopped_probe_chooses_its_iterations_on_the_training_cells(zeisel_small):
+    from schyena_tools.model._linear_readout import PROBE_ITERATION_GRID
+
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
+    model = st.SCHyena(zeisel_small, **TINY)
+    model.train_classifier(max_epochs=0, probe_iterations="cv")
+    assert model.probe_iterations_ in PROBE_ITERATION_GRID
+    truth = zeisel_small.obs["cell_type"].astype(str).to_numpy()
+    assert (model.predict() == truth).mean() > 0.8
+    assert model.classifier_temperature_ > 0
+    model.train_classifier(max_epochs=0, probe_iterations=3)
+    assert model.probe_iterations_ == 3
