@@ -283,7 +283,8 @@ def test_cpu_chunk_rule_keeps_one_operator_in_cache_and_gpus_run_whole_batches()
     assert cpu_cells_per_chunk(19972, 256, 2, training=True) == 1
     assert cpu_cells_per_chunk(2000, 32, 2, training=False) == 21
     model = SCHyenaEncoder(19972, d_model=8, n_layers=1)
-    assert model.chunk_size(16, torch.device("cpu")) == cpu_cells_per_chunk(19972, 8, 2, torch.is_grad_enabled())
+    expected = cpu_cells_per_chunk(19972, 8, 2, torch.is_grad_enabled())
+    assert model.chunk_size(16, torch.device("cpu")) == expected
     assert model.chunk_size(16, torch.device("cuda")) == 16
     assert SCHyenaEncoder(100, d_model=8, cells_per_chunk=3).chunk_size(16, torch.device("cuda")) == 3
     with pytest.raises(ValueError, match="cells_per_chunk"):
@@ -316,3 +317,45 @@ def test_short_convolution_under_bf16_autocast_gives_float32_parameter_gradients
     assert op.short_conv.weight.grad.dtype == torch.float32
     assert op.short_conv.bias.grad.dtype == torch.float32
     assert torch.isfinite(op.short_conv.weight.grad).all()
+
+
+def test_long_convolution_with_a_given_spectrum_is_the_same_and_differentiable():
+    from schyena_tools.nn._fftconv import rfft
+
+    length, n_fft = 9, 20
+    u = torch.randn(2, 3, length, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(3, 2 * length - 1, dtype=torch.float64, requires_grad=True)
+
+    def with_spectrum(u, h):
+        padded = pad_filters(h, n_fft)
+        with torch.no_grad():
+            spectrum = rfft(padded, n=n_fft)
+        return long_convolution(u, padded, n_fft, spectrum)
+
+    assert torch.autograd.gradcheck(with_spectrum, (u, h))
+    torch.testing.assert_close(with_spectrum(u, h), long_convolution(u, pad_filters(h, n_fft), n_fft))
+
+
+def _saved_bytes(model, x, masked):
+    """Bytes of the distinct storages autograd saves for the backward of one forward."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x, masked=masked)
+    return sum(storages.values()), out
+
+
+def test_chunks_save_no_more_for_the_backward_than_the_whole_batch():
+    torch.manual_seed(0)
+    whole = tiny_encoder(300, cells_per_chunk=8).train()
+    chunked = tiny_encoder(300, cells_per_chunk=1).train()
+    x = torch.rand(8, 300)
+    masked = torch.rand(8, 300) < 0.15
+    whole_bytes, _ = _saved_bytes(whole, x, masked)
+    chunked_bytes, _ = _saved_bytes(chunked, x, masked)
+    assert chunked_bytes <= 1.02 * whole_bytes, (chunked_bytes, whole_bytes)

@@ -97,7 +97,8 @@ class SCHyenaEncoder(nn.Module):
         every cell is computed on its own). ``None`` (default) chooses on CPU by
         :func:`cpu_cells_per_chunk` so that one chunk's working set stays in the processor's
         cache, and runs the whole batch at once on GPUs. The filters are computed once per
-        forward and shared by the chunks.
+        forward and shared by the chunks; the final norm, the value head and the pooling run on
+        the whole batch.
 
     Notes
     -----
@@ -272,24 +273,32 @@ class SCHyenaEncoder(nn.Module):
             )
         chunk = self.chunk_size(expression.shape[0], expression.device)
         if expression.shape[0] <= chunk:
-            hidden, predicted, embedding = self._encode(expression, masked, missing)
+            hidden = self._encode(expression, masked, missing)
         else:
             length = expression.shape[1]
             prepared = [block.prepare(length) for block in self.blocks]
-            parts = [
-                self._encode(
-                    expression[start : start + chunk],
-                    None if masked is None else masked[start : start + chunk],
-                    missing if missing is None or missing.dim() == 1 else missing[start : start + chunk],
-                    prepared,
-                )
-                for start in range(0, expression.shape[0], chunk)
-            ]
-            hidden, predicted, embedding = (torch.cat(outputs) for outputs in zip(*parts, strict=True))
-        return EncoderOutput(hidden=hidden, predicted_expression=predicted, cell_embedding=embedding)
+            hidden = torch.cat(
+                [
+                    self._encode(
+                        expression[start : start + chunk],
+                        None if masked is None else masked[start : start + chunk],
+                        missing if missing is None or missing.dim() == 1 else missing[start : start + chunk],
+                        prepared,
+                    )
+                    for start in range(0, expression.shape[0], chunk)
+                ]
+            )
+        # per token and per cell, cheap: on the whole batch (in training the blocks' chunk
+        # outputs are then freed once concatenated, so chunking holds no extra copy)
+        hidden = self.final_norm(hidden)
+        return EncoderOutput(
+            hidden=hidden,
+            predicted_expression=self.value_head(hidden).squeeze(-1),
+            cell_embedding=self.pool(hidden, self.pooling_weights(expression, masked, missing)),
+        )
 
-    def _encode(self, expression, masked, missing, prepared: list | None = None) -> tuple:
-        """Final token states, predictions and cell embeddings of one chunk of cells."""
+    def _encode(self, expression, masked, missing, prepared: list | None = None) -> torch.Tensor:
+        """The blocks' output token states of one chunk of cells."""
         hidden = self.embed_tokens(expression, masked, missing)
         if self._compiled_blocks is not None and not self._compile_checked:
             try:
@@ -305,13 +314,8 @@ class SCHyenaEncoder(nn.Module):
                 hidden_out = self._run_blocks(hidden, prepared)
             else:
                 self._compile_checked = True
-            hidden = hidden_out
-        else:
-            hidden = self._run_blocks(hidden, prepared)
-        hidden = self.final_norm(hidden)
-        predicted = self.value_head(hidden).squeeze(-1)
-        embedding = self.pool(hidden, self.pooling_weights(expression, masked, missing))
-        return hidden, predicted, embedding
+            return hidden_out
+        return self._run_blocks(hidden, prepared)
 
     @staticmethod
     def pooling_weights(

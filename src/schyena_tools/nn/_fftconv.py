@@ -191,9 +191,14 @@ class _LongConvolution(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, signal: torch.Tensor, padded_filter: torch.Tensor, n_fft: int) -> torch.Tensor:
-        with torch.autocast(device_type=signal.device.type, enabled=False):
-            kernel_f = rfft(padded_filter, n=n_fft)
+    def forward(
+        ctx, signal: torch.Tensor, padded_filter: torch.Tensor, n_fft: int, spectrum: torch.Tensor | None
+    ) -> torch.Tensor:
+        if spectrum is None:
+            with torch.autocast(device_type=signal.device.type, enabled=False):
+                kernel_f = rfft(padded_filter.detach(), n=n_fft)
+        else:
+            kernel_f = spectrum.detach()
         out = fftconv(signal, kernel_f, n_fft)
         ctx.save_for_backward(signal, kernel_f)
         ctx.n_fft = n_fft
@@ -220,19 +225,25 @@ class _LongConvolution(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 grad_f.mul_(kernel_f.conj())
                 grad_signal = irfft(grad_f, n=n_fft)[..., :length].to(signal.dtype)
-        return grad_signal, grad_filter, None
+        return grad_signal, grad_filter, None, None
 
 
-def long_convolution(signal: torch.Tensor, padded_filter: torch.Tensor, n_fft: int) -> torch.Tensor:
+def long_convolution(
+    signal: torch.Tensor, padded_filter: torch.Tensor, n_fft: int, spectrum: torch.Tensor | None = None
+) -> torch.Tensor:
     """Non-causal long convolution of ``(batch, channels, L)`` with a :func:`pad_filters` filter.
 
-    Differentiable in both arguments (a custom autograd function that saves ``signal`` and the
-    filter spectrum only). The transform runs in the dtype of ``padded_filter`` (float32 or
-    float64) with autocast disabled; the result has the dtype of ``signal``.
+    Differentiable in ``signal`` and ``padded_filter`` (a custom autograd function that saves
+    ``signal`` and the filter spectrum only). ``spectrum``: ``rfft(padded_filter, n_fft)``, when
+    the caller has it (it is then not recomputed, and every call that passes the same tensor
+    saves that one tensor: an encoder running its cells in chunks keeps one spectrum per filter,
+    not one per chunk); gradients still flow to ``padded_filter``. The transform runs in the
+    dtype of ``padded_filter`` (float32 or float64) with autocast disabled; the result has the
+    dtype of ``signal``.
     """
     if padded_filter.shape[-1] != n_fft:
         raise ValueError(f"padded_filter must have n_fft = {n_fft} taps, got {padded_filter.shape[-1]}")
-    return _LongConvolution.apply(signal, padded_filter, n_fft)
+    return _LongConvolution.apply(signal, padded_filter, n_fft, spectrum)
 
 
 def bidirectional_fft_conv(signal: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:

@@ -308,18 +308,22 @@ class BidirectionalHyenaOperator(nn.Module):
         dropout_on = self.training and self.dropout.p > 0
         return not torch.is_grad_enabled() and not _is_compiling() and not dropout_on
 
-    def prepare_filters(self, length: int) -> torch.Tensor:
+    def prepare_filters(self, length: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """What :meth:`forward` needs of the long filters at ``length``, computed once.
 
-        The filter spectra (autograd-free path) or the padded filters (otherwise): they depend on
-        the parameters and ``L`` only, so an encoder that runs a batch in chunks of cells computes
-        them once and passes them to each chunk's forward (``filters=``), and in training the
-        filter MLP's graph is shared by the chunks.
+        ``(padded filters, spectra)``: the padded filters (``None`` on the autograd-free path,
+        which needs only the spectra) and their spectra, which depend on the parameters and
+        ``L`` only. An encoder that runs a batch in chunks of cells computes them once and
+        passes them to each chunk's forward (``filters=``): in training the filter MLP's graph
+        and one spectrum per filter are then shared by the chunks.
         """
         n_fft = fast_fft_size(2 * length - 1)
         if self._runs_inplace():
-            return self.filter_spectra(length, n_fft)
-        return self.padded_filters(length, n_fft)
+            return None, self.filter_spectra(length, n_fft)
+        padded = self.padded_filters(length, n_fft)
+        with torch.no_grad(), torch.autocast(device_type=padded.device.type, enabled=False):
+            spectra = rfft(padded, n=n_fft)
+        return padded, spectra
 
     def _gated_convolutions_inplace(
         self, z: torch.Tensor, gates: list[torch.Tensor], spectra: torch.Tensor, n_fft: int
@@ -340,7 +344,7 @@ class BidirectionalHyenaOperator(nn.Module):
                 torch.mul(gate, irfft(spectrum, n=n_fft)[..., length - 1 : 2 * length - 1], out=signal)
         return signal
 
-    def forward(self, u: torch.Tensor, filters: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, filters: tuple | None = None) -> torch.Tensor:
         """``u``: ``(batch, L, d_model)`` -> ``(batch, L, d_model)``.
 
         ``filters``: :meth:`prepare_filters` of this ``L``, when the caller computed them once
@@ -353,12 +357,12 @@ class BidirectionalHyenaOperator(nn.Module):
         streams = self._project_in(u)  # (B, (N+1)d, L)
         streams = short_convolution(streams, self.short_conv.weight, self.short_conv.bias)
         *gates, z = streams.split(self.d_model, dim=1)
+        padded, spectra = filters
         if self._runs_inplace():
-            z = self._gated_convolutions_inplace(z, gates, filters, n_fft)
+            z = self._gated_convolutions_inplace(z, gates, spectra, n_fft)
         else:
-            filters = filters.view(self.order, self.d_model, n_fft)
             for n, gate in enumerate(gates):
-                z = self.dropout(gate * long_convolution(z, filters[n], n_fft))
+                z = self.dropout(gate * long_convolution(z, padded[n], n_fft, spectra[n]))
         return self._project_out(z)
 
 
@@ -413,11 +417,11 @@ class HyenaBlock(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def prepare(self, length: int) -> torch.Tensor | None:
+    def prepare(self, length: int) -> tuple | None:
         """The mixer's per-length precomputation (Hyena's long filters; None for attention)."""
         return self.mixer.prepare_filters(length) if self.mixer_type == "hyena" else None
 
-    def forward(self, u: torch.Tensor, prepared: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, prepared: tuple | None = None) -> torch.Tensor:
         """``u``: ``(batch, L, d_model)``; ``prepared``: :meth:`prepare` of this ``L``, if computed."""
         mix = self.mixer if prepared is None else lambda x: self.mixer(x, filters=prepared)
         if torch.is_grad_enabled() or _is_compiling():
