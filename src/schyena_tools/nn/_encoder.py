@@ -277,19 +277,21 @@ class SCHyenaEncoder(nn.Module):
         else:
             length = expression.shape[1]
             prepared = [block.prepare(length) for block in self.blocks]
-            hidden = torch.cat(
-                [
-                    self._encode(
-                        expression[start : start + chunk],
-                        None if masked is None else masked[start : start + chunk],
-                        missing if missing is None or missing.dim() == 1 else missing[start : start + chunk],
-                        prepared,
-                    )
-                    for start in range(0, expression.shape[0], chunk)
-                ]
-            )
-        # per token and per cell, cheap: on the whole batch (in training the blocks' chunk
-        # outputs are then freed once concatenated, so chunking holds no extra copy)
+            hidden = None
+            for start in range(0, expression.shape[0], chunk):
+                part = self._encode(
+                    expression[start : start + chunk],
+                    None if masked is None else masked[start : start + chunk],
+                    missing if missing is None or missing.dim() == 1 else missing[start : start + chunk],
+                    prepared,
+                )
+                if hidden is None:
+                    hidden = part.new_empty((expression.shape[0], *part.shape[1:]))
+                # written into one batch-sized tensor as it comes (autograd records the copies),
+                # so no chunk output outlives its copy and there is no concatenation peak
+                hidden[start : start + chunk] = part
+                del part
+        # per token and per cell, cheap: on the whole batch
         hidden = self.final_norm(hidden)
         return EncoderOutput(
             hidden=hidden,
