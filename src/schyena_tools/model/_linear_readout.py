@@ -52,9 +52,7 @@ def solve_logistic(
     labels = labels.long().cpu()
     # Columns that are zero in every cell (genes a query did not measure) get weight 0 at the
     # optimum: solve on the others only (a 4,000-gene query read at 19,972 tokens: 5x fewer).
-    active = (
-        features.abs().amax(0) > 0 if features.shape[0] else torch.ones(features.shape[1], dtype=torch.bool)
-    )
+    active = _active_columns(features)
     if not active.all():
         start = None if init is None else (init[0][:, active.to(init[0].device)], init[1])
         weight, bias, loss = solve_logistic(features[:, active], labels, n_classes, penalty, max_iter, start)
@@ -68,6 +66,21 @@ def solve_logistic(
         weight, bias = (value.detach().to(features.dtype).clone() for value in init)
     weight.requires_grad_(True)
     bias.requires_grad_(True)
+    optimizer, objective = _lbfgs(features, labels, penalty, weight, bias, max_iter)
+    optimizer.step(objective)
+    final = float(objective().detach())
+    return weight.detach(), bias.detach(), final
+
+
+def _active_columns(features: torch.Tensor) -> torch.Tensor:
+    """Columns not zero in every cell (all of them when there are no cells)."""
+    if not features.shape[0]:
+        return torch.ones(features.shape[1], dtype=torch.bool)
+    return features.abs().amax(0) > 0
+
+
+def _lbfgs(features, labels, penalty: float, weight, bias, max_iter: int):
+    """The L-BFGS optimiser of the penalised multinomial loss and its closure."""
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
@@ -85,9 +98,7 @@ def solve_logistic(
         loss.backward()
         return loss
 
-    optimizer.step(objective)
-    final = float(objective().detach())
-    return weight.detach(), bias.detach(), final
+    return optimizer, objective
 
 
 def logistic_path(
@@ -107,25 +118,10 @@ def logistic_path(
     """
     features = features.detach()
     labels = labels.long().cpu()
-    weight = torch.zeros(n_classes, features.shape[1], dtype=features.dtype, requires_grad=True)
+    active = _active_columns(features)  # as solve_logistic: zero columns keep weight 0
+    weight = torch.zeros(n_classes, int(active.sum()), dtype=features.dtype, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=features.dtype, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [weight, bias],
-        lr=1.0,
-        max_iter=1,
-        history_size=20,
-        tolerance_grad=1e-6,
-        tolerance_change=1e-10,
-        line_search_fn="strong_wolfe",
-    )
-
-    def objective() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(features @ weight.T + bias, labels, reduction="sum")
-        loss = loss + 0.5 * penalty * weight.square().sum()
-        loss.backward()
-        return loss
-
+    optimizer, objective = _lbfgs(features[:, active], labels, penalty, weight, bias, 1)
     snapshots, done = [], 0
     for target in sorted(iterations):
         if target > done:
@@ -133,7 +129,9 @@ def logistic_path(
             optimizer.param_groups[0]["max_eval"] = max((target - done) * 5 // 4, 1)  # as LBFGS sets it
             optimizer.step(objective)
             done = target
-        snapshots.append((weight.detach().clone(), bias.detach().clone()))
+        full = torch.zeros(n_classes, features.shape[1], dtype=features.dtype)
+        full[:, active] = weight.detach()
+        snapshots.append((full, bias.detach().clone()))
     return snapshots
 
 
