@@ -93,7 +93,7 @@ class SCHyenaEncoder(nn.Module):
     attention_heads
         Number of heads when ``mixer="attention"``.
     cells_per_chunk
-        Run the network on at most this many cells at a time and concatenate (same results:
+        Run the blocks on at most this many cells at a time (same results:
         every cell is computed on its own). ``None`` (default) chooses on CPU by
         :func:`cpu_cells_per_chunk` so that one chunk's working set stays in the processor's
         cache, and runs the whole batch at once on GPUs. The filters are computed once per
