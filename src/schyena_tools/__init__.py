@@ -10,8 +10,8 @@ from importlib.metadata import version as _version
 
 __version__ = _version("schyena-tools")
 
-_SUBMODULES = ("datasets", "demo", "model", "module", "nn", "pl", "pretrained", "validation")
-__all__ = ["SCHyena", "datasets", "demo", "nn", "pl", "pretrained", "validation", "__version__"]
+_SUBMODULES = ("dataloaders", "datasets", "demo", "model", "module", "nn", "pl", "pretrained", "validation")
+__all__ = ["SCHyena", "dataloaders", "datasets", "demo", "nn", "pl", "pretrained", "validation", "__version__"]
 
 
 def __getattr__(name: str):

@@ -29,6 +29,7 @@ from schyena_tools.module import SCHyenaModule
 from schyena_tools.validation import check_anndata, check_batch_size, check_number
 
 from ._classification import ClassificationMixin
+from ._corpus import CorpusMixin
 from ._doublets import DoubletMixin
 from ._hub import HubMixin
 from ._imputation import ImputationMixin
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 class SCHyena(
+    CorpusMixin,
     ClassificationMixin,
     DoubletMixin,
     ImputationMixin,
@@ -273,6 +275,13 @@ class SCHyena(
         were counts), and so are the genes: they must be the genes, in the order, that the model
         was set up with (a different panel goes through :meth:`load_query_data`).
         """
+        if adata is None and self._is_standin():
+            raise ValueError(
+                "this model has no cells of its own: it is registered on a one-cell stand-in for its "
+                "training data (it was pre-trained on a corpus, or loaded from its folder alone). Map it "
+                "onto your data first: model = SCHyena.load_query_data(adata, model), or "
+                "st.pretrained.load_model(path, adata)."
+            )
         target = self.adata if adata is None else adata
         setup_args = self.adata_manager.registry.get("setup_args", {})
         check_anndata(target, layer=setup_args.get("layer"))

@@ -16,6 +16,8 @@ import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 
@@ -28,6 +30,37 @@ SAVE_FORMAT_VERSION = 2
 MIN_SUPPORTED_SAVE_FORMAT = 2
 #: File scvi-tools' save writes the weights and attributes to.
 MODEL_FILE_NAME = "model.pt"
+
+
+#: ``uns`` key marking the one-cell stand-in a model is registered on when it has no data of its own.
+STANDIN_KEY = "_schyena_standin"
+
+
+def standin_anndata(var_names: pd.Index, registry: dict | None = None) -> AnnData:
+    """A one-cell AnnData that satisfies a registration (genes, layer, obs keys).
+
+    scvi-tools models are registered on an AnnData; this stands in for the training data when
+    there is none to hand: a model loaded from its folder alone, or one pre-trained on a corpus
+    of several datasets (:meth:`SCHyena.from_corpus`). Its single cell is never used, and
+    ``uns[STANDIN_KEY]`` lets the model refuse to treat it as data.
+    """
+    registry = registry or {}
+    setup = registry.get("setup_args", {})
+    fields = registry.get("field_registries", {})
+    values = np.ones((1, len(var_names)), dtype=np.float32)
+    obs = pd.DataFrame(index=["placeholder_cell"])
+    for key, field in (("labels_key", "labels"), ("batch_key", "batch")):
+        column = setup.get(key)
+        if column is None:
+            continue
+        mapping = fields.get(field, {}).get("state_registry", {}).get("categorical_mapping")
+        categories = [str(c) for c in mapping]
+        obs[column] = pd.Categorical([categories[0]], categories=categories)
+    placeholder = AnnData(X=values, obs=obs, var=pd.DataFrame(index=pd.Index(var_names, dtype=str)))
+    if setup.get("layer") is not None:
+        placeholder.layers[setup["layer"]] = values
+    placeholder.uns[STANDIN_KEY] = True
+    return placeholder
 
 
 def safe_globals() -> list:

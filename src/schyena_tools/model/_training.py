@@ -138,31 +138,41 @@ class TrainingMixin:
         datasplitter_kwargs: dict | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         resume_from: str | os.PathLike | None = None,
+        datamodule=None,
         **trainer_kwargs,
     ):
         """Run one training phase with scvi-tools' data splitter, training plan and Trainer.
 
         ``objective`` and ``inference_kwargs`` go to the training plan, which passes them to the
         module at every step. ``checkpoint_dir`` and ``resume_from``: see :meth:`train`.
+        ``datamodule``: a corpus data module to read instead of the registered AnnData (it
+        splits, orders and shards the cells itself).
         ``model.history`` gains this phase's epochs (new metrics as new keys) and
         ``model.phase_history_[objective]`` holds this phase alone.
         """
         check_phase_arguments(max_epochs, batch_size, plan_kwargs)
-        if "external_indexing" not in (datasplitter_kwargs or {}):
-            check_split(self.adata.n_obs, train_size, validation_size)
-        self._validate_anndata()
+        if datamodule is None:
+            if "external_indexing" not in (datasplitter_kwargs or {}):
+                check_split(self.adata.n_obs, train_size, validation_size)
+            self._validate_anndata()
         if resume_from is not None:
             resume_from = resolve_checkpoint(resume_from, objective)
         # Several processes (strategy="ddp"...): shard the cells, allow idle heads.
         trainer_kwargs, datasplitter_kwargs = distributed_settings(trainer_kwargs, datasplitter_kwargs)
         trainer_kwargs = with_step_progress(trainer_kwargs)
-        datamodule = self._data_splitter_cls(
-            self.adata_manager,
-            train_size=train_size,
-            validation_size=validation_size,
-            batch_size=batch_size or DEFAULT_BATCH_SIZE,
-            **datasplitter_kwargs,
-        )
+        if datamodule is None:
+            datamodule = self._data_splitter_cls(
+                self.adata_manager,
+                train_size=train_size,
+                validation_size=validation_size,
+                batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                **datasplitter_kwargs,
+            )
+            has_validation = train_size is None or train_size < 1.0
+        else:
+            # The corpus shards its blocks between processes itself.
+            trainer_kwargs.setdefault("use_distributed_sampler", False)
+            has_validation = datamodule.n_val > 0
         training_plan = self._training_plan_cls(
             self.module,
             objective=objective,
@@ -179,7 +189,7 @@ class TrainingMixin:
                 *(trainer_kwargs.get("callbacks") or []),
                 EpochCheckpoint(checkpoint_dir, objective),
             ]
-        if train_size is None or train_size < 1.0:
+        if has_validation:
             # Report the validation loss every epoch (scvi-tools only does when early stopping).
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         with _without_lightning_tips():
@@ -231,6 +241,7 @@ class TrainingMixin:
         datasplitter_kwargs: dict | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         resume_from: str | os.PathLike | None = None,
+        datamodule=None,
         **trainer_kwargs,
     ):
         """Pre-train by masked expression modelling.
@@ -275,6 +286,13 @@ class TrainingMixin:
             with the same ``max_epochs``. Training continues at the epoch after the checkpoint
             with its weights and optimiser state; ``model.history`` includes the earlier epochs.
             Random masks and shuffling after the resume differ from an uninterrupted run.
+        datamodule
+            A :class:`~schyena_tools.dataloaders.CorpusDataModule` to pre-train on (several
+            datasets, read from disk); default: the corpus of a model built with
+            :meth:`from_corpus`, else the registered AnnData. The corpus sets the minibatch
+            size and the split (``batch_size``, ``train_size``, ``validation_size`` and
+            ``datasplitter_kwargs`` are then errors). A resumed corpus run repeats the
+            interrupted epochs' order of cells.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``,
             ``strategy="ddp"``).
@@ -303,9 +321,32 @@ class TrainingMixin:
         if not 0.0 <= zero_mask_ratio < 1.0:
             raise ValueError(f"zero_mask_ratio must be in [0, 1), got {zero_mask_ratio}")
         check_phase_arguments(max_epochs, batch_size, plan_kwargs)
-        check_split(self.adata.n_obs, train_size, validation_size)
+        corpus = datamodule if datamodule is not None else getattr(self, "_corpus", None)
+        if corpus is None:
+            check_split(self.adata.n_obs, train_size, validation_size)
+        else:
+            self._check_corpus(corpus)
+            given = [
+                name
+                for name, value, default in (
+                    ("batch_size", batch_size, None),
+                    ("train_size", train_size, 0.9),
+                    ("validation_size", validation_size, None),
+                    ("datasplitter_kwargs", datasplitter_kwargs, None),
+                )
+                if value != default
+            ]
+            if given:
+                raise ValueError(
+                    f"{given} belong to the corpus when pre-training on one: set them on the data module "
+                    f"(CorpusDataModule(..., batch_size=..., train_size=..., num_workers=...))."
+                )
+        show_progress = trainer_kwargs.get("enable_progress_bar", True)
         if not self.is_trained_ and resume_from is None:
-            self._initialize_from_data(show_progress=trainer_kwargs.get("enable_progress_bar", True))
+            if corpus is None:
+                self._initialize_from_data(show_progress=show_progress)
+            else:
+                self._initialize_from_corpus(corpus, show_progress=show_progress)
         return self._train_phase(
             "pretrain",
             inference_kwargs={"mask_ratio": mask_ratio, "zero_mask_ratio": zero_mask_ratio},
@@ -320,6 +361,7 @@ class TrainingMixin:
             datasplitter_kwargs=datasplitter_kwargs,
             checkpoint_dir=checkpoint_dir,
             resume_from=resume_from,
+            datamodule=corpus,
             **trainer_kwargs,
         )
 

@@ -19,15 +19,24 @@ OBJECTIVES = ("pretrain", "classify", "impute", "doublet")
 #: Target index that cross-entropy ignores: cells with the unlabeled category.
 IGNORE_LABEL = -100
 
+#: Optional tensors of a minibatch, as a corpus data module
+#: (:class:`schyena_tools.dataloaders.CorpusDataModule`) sends them: ``(cells, genes)`` True where
+#: the cell's dataset did not measure the gene, and ``(cells, 1)`` total counts of the cell over
+#: all its dataset's genes (also those outside the vocabulary).
+MISSING_KEY = "missing_genes"
+LIBRARY_KEY = "library_size"
 
-def log_normalize(counts: torch.Tensor, target_sum: float) -> torch.Tensor:
+
+def log_normalize(counts: torch.Tensor, target_sum: float, library: torch.Tensor | None = None) -> torch.Tensor:
     """Library-size normalise each cell to ``target_sum`` and apply ``log1p``.
 
     The same function runs at training and at inference, so a model never sees its input
     scaled two different ways. Cells with no counts stay at zero (no division by zero).
+    ``library``: each cell's total counts when ``counts`` holds only part of its genes
+    (default: the sum of ``counts``).
     """
-    library = counts.sum(dim=1, keepdim=True).clamp_min(1e-8)
-    return torch.log1p(counts / library * target_sum)
+    library = counts.sum(dim=1, keepdim=True) if library is None else library.reshape(-1, 1).to(counts)
+    return torch.log1p(counts / library.clamp_min(1e-8) * target_sum)
 
 
 def align_to_vocabulary(
@@ -45,6 +54,14 @@ def align_to_vocabulary(
     index = gene_index.to(values.device)
     missing = index < 0
     return values[:, index.clamp_min(0)].masked_fill(missing, 0.0), missing
+
+
+def with_missing_genes(missing: torch.Tensor | None, missing_genes: torch.Tensor | None) -> torch.Tensor | None:
+    """The alignment's ``(genes,)`` missing mask joined with a minibatch's ``(cells, genes)`` one."""
+    if missing_genes is None:
+        return missing
+    missing_genes = missing_genes.to(dtype=torch.bool)
+    return missing_genes if missing is None else missing.to(missing_genes.device) | missing_genes
 
 
 def sample_expression_mask(
@@ -180,14 +197,21 @@ class SCHyenaModule(BaseModuleClass):
         """Reorder data columns into vocabulary order; see :func:`align_to_vocabulary`."""
         return align_to_vocabulary(counts, self.gene_index)
 
-    def normalize_and_align(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def normalize_and_align(
+        self,
+        counts: torch.Tensor,
+        missing_genes: torch.Tensor | None = None,
+        library_size: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw counts of the registered genes -> log-normalised values in vocabulary order.
 
         Library size over the genes the data measured, before alignment, so that a gene panel
         that misses part of the vocabulary is not normalised as if the missing genes were zero.
         Returns the values (zero at missing genes) and the missing-gene mask (None if none).
+        ``missing_genes`` and ``library_size``: a corpus minibatch's (see :meth:`inference`).
         """
-        return self.align_to_vocabulary(log_normalize(counts, self.target_sum))
+        values, missing = self.align_to_vocabulary(log_normalize(counts, self.target_sum, library_size))
+        return values, with_missing_genes(missing, missing_genes)
 
     def classifier_inputs(
         self, normalized: torch.Tensor, values: torch.Tensor, unseen: torch.Tensor | None
@@ -209,12 +233,18 @@ class SCHyenaModule(BaseModuleClass):
         return expression, torch.cat([unseen, seen], dim=-1)
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        return {"counts": tensors[REGISTRY_KEYS.X_KEY]}
+        return {
+            "counts": tensors[REGISTRY_KEYS.X_KEY],
+            "missing_genes": tensors.get(MISSING_KEY),
+            "library_size": tensors.get(LIBRARY_KEY),
+        }
 
     @auto_move_data
     def inference(
         self,
         counts: torch.Tensor,
+        missing_genes: torch.Tensor | None = None,
+        library_size: torch.Tensor | None = None,
         mask_ratio: float | None = None,
         zero_mask_ratio: float = 0.0,
         dropout_ratio: float | None = None,
@@ -228,6 +258,13 @@ class SCHyenaModule(BaseModuleClass):
         ----------
         counts
             ``(cells, genes of the registered data)`` raw counts.
+        missing_genes
+            ``(cells, genes)``, True where the cell's dataset did not measure the gene (a
+            corpus minibatch, already in vocabulary order): those genes get the missing token.
+        library_size
+            ``(cells, 1)`` total counts per cell over all its dataset's genes (a corpus
+            minibatch holds the vocabulary's genes only); default: the sum of ``counts``.
+            Pre-training reads it; the simulated dropout of imputer training does not.
         mask_ratio
             Hide this random fraction of each cell's non-zero values, and ``zero_mask_ratio`` of
             its zeros (masked expression modelling). Only pre-training steps ask for it;
@@ -272,8 +309,10 @@ class SCHyenaModule(BaseModuleClass):
                 scored_zeros = (counts == 0) & (torch.rand_like(counts) < zero_score_ratio)
             counts = observed_counts
             mask_zeros = True
-        normalized = log_normalize(counts, self.target_sum)  # once: the encoder's and the classifier's
+        library = library_size if dropout_ratio is None else None
+        normalized = log_normalize(counts, self.target_sum, library)  # once: encoder's and classifier's
         values, missing = self.align_to_vocabulary(normalized)
+        missing = with_missing_genes(missing, missing_genes)
         if mask_ratio is not None:
             masked = sample_expression_mask(values, mask_ratio, zero_mask_ratio, missing)
         elif mask_zeros:

@@ -10,29 +10,6 @@ import pandas as pd
 from anndata import AnnData
 
 
-def _placeholder_like_training_data(var_names: pd.Index, registry: dict) -> AnnData:
-    """A one-cell AnnData that satisfies the saved registration (genes, layer, obs keys).
-
-    scvi-tools loads a model onto data registered as at training; this stands in for the
-    training data when only the model folder is at hand. Its single cell is never used.
-    """
-    setup = registry.get("setup_args", {})
-    fields = registry.get("field_registries", {})
-    values = np.ones((1, len(var_names)), dtype=np.float32)
-    obs = pd.DataFrame(index=["placeholder_cell"])
-    for key, field in (("labels_key", "labels"), ("batch_key", "batch")):
-        column = setup.get(key)
-        if column is None:
-            continue
-        mapping = fields.get(field, {}).get("state_registry", {}).get("categorical_mapping")
-        categories = [str(c) for c in mapping]
-        obs[column] = pd.Categorical([categories[0]], categories=categories)
-    placeholder = AnnData(X=values, obs=obs, var=pd.DataFrame(index=var_names))
-    if setup.get("layer") is not None:
-        placeholder.layers[setup["layer"]] = values
-    return placeholder
-
-
 def load_model(path: str | Path, adata: AnnData | None = None, accelerator: str = "cpu"):
     """Load a model saved with ``model.save(path)`` onto ``adata``, whatever its gene panel.
 
@@ -60,7 +37,7 @@ def load_model(path: str | Path, adata: AnnData | None = None, accelerator: str 
 
     """
     from schyena_tools.model import SCHyena
-    from schyena_tools.model._save_load import read_saved_model
+    from schyena_tools.model._save_load import read_saved_model, standin_anndata
 
     folder = Path(path)
     saved = read_saved_model(folder)
@@ -71,7 +48,7 @@ def load_model(path: str | Path, adata: AnnData | None = None, accelerator: str 
         # the stand-in is never trained on, so the warning would only confuse.
         warnings.filterwarnings("ignore", message="Category .* has fewer than 3 cells", category=UserWarning)
         reference = SCHyena.load(
-            str(folder), adata=_placeholder_like_training_data(var_names, registry), accelerator=accelerator
+            str(folder), adata=standin_anndata(var_names, registry), accelerator=accelerator
         )
     if adata is None:
         return reference

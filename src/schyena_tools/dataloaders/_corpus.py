@@ -1,0 +1,342 @@
+"""A pre-training corpus: several datasets, one gene vocabulary, cells streamed from disk.
+
+:class:`CorpusDataModule` is a Lightning data module, the scvi-tools idiom for data that is not
+one in-memory AnnData (scvi-tools' own custom data modules, e.g. for CELLxGENE Census or
+lamindb collections, are passed to ``model.train(datamodule=...)`` the same way). It owns what
+belongs to the data: the datasets, the vocabulary and how each dataset's genes map onto it, the
+train/validation split, the order of the cells and their sharding between processes. Every
+minibatch arrives in vocabulary order with the genes its cells' dataset did not measure marked
+missing, so the network reads a mouse panel and a human panel, or a 3,000-gene and a 30,000-gene
+panel, in one minibatch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningDataModule
+from scvi import REGISTRY_KEYS
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from schyena_tools.model._vocabulary import match_genes_to_vocabulary
+from schyena_tools.module import LIBRARY_KEY, MISSING_KEY
+from schyena_tools.validation import check_batch_size, check_number
+
+from ._readers import CorpusSource, open_dataset
+from ._sampler import BlockShuffleSampler, cut_into_blocks
+
+#: Cells per block: consecutive cells of one dataset read together (see :mod:`._sampler`).
+DEFAULT_BLOCK_SIZE = 32
+#: Blocks whose cells are shuffled together.
+DEFAULT_BUFFER_BLOCKS = 16
+
+
+def _key(gene: str, case_insensitive: bool) -> str:
+    return gene.lower() if case_insensitive else gene
+
+
+def corpus_vocabulary(
+    panels: Sequence[pd.Index],
+    vocabulary: str | Sequence[str] = "union",
+    min_datasets: int | None = None,
+    case_insensitive: bool = False,
+) -> pd.Index:
+    """The corpus's ordered gene vocabulary from the datasets' gene panels.
+
+    ``"union"``: every gene measured by at least ``min_datasets`` datasets (default 1), in
+    order of first appearance (the first dataset's genes in its order, then each next
+    dataset's new genes in its order). With ``case_insensitive``, names that differ only by
+    case are one gene, spelled as it first appears. A list of names is used as given.
+    """
+    if not isinstance(vocabulary, str):
+        given = pd.Index([str(gene) for gene in vocabulary], dtype=str)
+        if min_datasets is not None:
+            raise ValueError("min_datasets selects genes of the union; with a vocabulary list, leave it out.")
+        if given.has_duplicates:
+            raise ValueError(f"the vocabulary names genes twice (e.g. {given[given.duplicated()][:5].tolist()}).")
+        if len(given) < 2:
+            raise ValueError(f"the vocabulary needs at least 2 genes, got {len(given)}.")
+        return given
+    if vocabulary != "union":
+        raise ValueError(f"vocabulary must be 'union' or a list of gene names, got {vocabulary!r}.")
+    if min_datasets is not None:
+        check_number(min_datasets, "min_datasets", integer=True, minimum=1, maximum=len(panels))
+    counts: dict[str, int] = {}
+    spelling: dict[str, str] = {}
+    for panel in panels:
+        for gene in dict.fromkeys(_key(g, case_insensitive) for g in panel):
+            counts[gene] = counts.get(gene, 0) + 1
+        for gene in panel:
+            spelling.setdefault(_key(gene, case_insensitive), gene)
+    needed = min_datasets or 1
+    genes = pd.Index([spelling[key] for key, n in counts.items() if n >= needed], dtype=str)
+    if len(genes) < 2:
+        raise ValueError(
+            f"only {len(genes)} genes are measured in at least {needed} datasets; lower min_datasets, "
+            "or check that the datasets name genes the same way (case_insensitive=True for mouse and human)."
+        )
+    return genes
+
+
+class CorpusDataset(Dataset):
+    """Cells of all datasets by one global index, returned as vocabulary-ordered minibatches.
+
+    ``dataset.__getitems__(indices)`` (what a ``DataLoader`` with a batch sampler calls) reads
+    the cells of each dataset in one request and returns the tensors the module reads:
+    ``"X"`` (counts, ``(cells, vocabulary)``, zero where not measured), ``"missing_genes"``
+    (``(cells, vocabulary)``, True where the cell's dataset did not measure the gene) and
+    ``"library_size"`` (``(cells, 1)``: total counts over all the dataset's genes, the
+    vocabulary's and the others, as when the model is applied to that dataset alone).
+    """
+
+    def __init__(self, sources: Sequence[CorpusSource], vocabulary_size: int):
+        self.sources = list(sources)
+        self.vocabulary_size = vocabulary_size
+        self.offsets = np.cumsum([0] + [s.n_cells for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value[0] for key, value in self.__getitems__([index]).items()}
+
+    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
+        indices = np.asarray(indices, dtype=np.int64)
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        counts = np.zeros((len(indices), self.vocabulary_size), dtype=np.float32)
+        missing = np.zeros((len(indices), self.vocabulary_size), dtype=bool)
+        library = np.zeros((len(indices), 1), dtype=np.float32)
+        for d in np.unique(which):
+            source = self.sources[d]
+            positions = np.flatnonzero(which == d)
+            rows = source.read_rows(indices[positions] - self.offsets[d])
+            measured = np.flatnonzero(source.gene_index >= 0)
+            counts[np.ix_(positions, measured)] = rows[:, source.gene_index[measured]]
+            missing[positions] = source.gene_index < 0
+            library[positions, 0] = rows.sum(axis=1)
+        return {
+            REGISTRY_KEYS.X_KEY: torch.from_numpy(counts),
+            MISSING_KEY: torch.from_numpy(missing),
+            LIBRARY_KEY: torch.from_numpy(library),
+        }
+
+
+def _as_batch(batch):
+    """The dataset returns whole minibatches already (``__getitems__``)."""
+    return batch
+
+
+class CorpusDataModule(LightningDataModule):
+    """Several datasets with their own gene panels, pre-trained on as one, read from disk.
+
+    Parameters
+    ----------
+    datasets
+        h5ad paths or AnnData objects, each with its own genes and cells. Files are read in
+        minibatches (memory is bounded by the minibatch, the open files and their row
+        pointers, not by the number of cells); an AnnData is read from memory (a file-backed
+        one from its file).
+    layer
+        Layer holding the raw counts, for every dataset, or one entry per dataset; ``None``
+        uses ``X``.
+    vocabulary
+        ``"union"`` (default): every gene any dataset measured (or at least ``min_datasets``),
+        in order of first appearance; or an ordered list of gene names (e.g. read from a file).
+        In each dataset, the vocabulary genes it did not measure get the missing token: never
+        a zero, never scored.
+    min_datasets
+        With ``"union"``: keep the genes measured in at least this many datasets.
+    case_insensitive
+        Match gene names ignoring case (exact matches first), as
+        :meth:`~schyena_tools.SCHyena.load_query_data` does: mouse ``Gapdh`` and human ``GAPDH``
+        are one token.
+    names
+        One name per dataset, for errors and :attr:`summary` (default: the file name).
+    batch_size
+        Cells per minibatch (per process under DDP).
+    train_size
+        Fraction of the blocks of cells used for training; the rest is the validation set
+        (``1.0``: no validation).
+    block_size, buffer_blocks
+        Cells are read in blocks of ``block_size`` consecutive cells of one dataset; each epoch
+        the blocks are permuted and the cells of ``buffer_blocks`` blocks at a time are
+        shuffled together (see :class:`~schyena_tools.dataloaders.BlockShuffleSampler`).
+    num_workers
+        Worker processes of the data loaders (each opens the files itself).
+    seed
+        Fixes the split and, with the epoch, the order of the cells; default
+        ``scvi.settings.seed``.
+
+    Notes
+    -----
+    Why a data module: a corpus is not one AnnData, and scvi-tools' ``DataSplitter`` wants one.
+    Lightning's data-module protocol is what ``scvi.train.TrainRunner`` consumes, and it is
+    what scvi-tools' own streaming loaders implement. Every file is checked when the corpus is
+    built (before any training), so a bad file is reported by name at once, not hours in.
+    Under DDP each process reads its own share of the blocks and runs the same number of steps.
+
+    Examples
+    --------
+    >>> corpus = st.dataloaders.CorpusDataModule(["a.h5ad", "b.h5ad"], layer="counts")
+    >>> model = st.SCHyena.from_corpus(corpus, d_model=64)
+    >>> model.train(max_epochs=10)
+    >>> model.save("brain_model/")
+    >>> query = st.SCHyena.load_query_data(adata_a, model)  # onto one dataset, its own genes
+
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence,
+        layer: str | None | Sequence[str | None] = None,
+        vocabulary: str | Sequence[str] = "union",
+        min_datasets: int | None = None,
+        case_insensitive: bool = False,
+        names: Sequence[str] | None = None,
+        batch_size: int = 16,
+        train_size: float = 0.9,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        buffer_blocks: int = DEFAULT_BUFFER_BLOCKS,
+        num_workers: int = 0,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        if isinstance(datasets, (str, bytes)) or not isinstance(datasets, Sequence) or len(datasets) == 0:
+            raise ValueError("datasets must be a non-empty list of h5ad paths or AnnData objects.")
+        layers = list(layer) if isinstance(layer, (list, tuple)) else [layer] * len(datasets)
+        if len(layers) != len(datasets):
+            raise ValueError(f"layer has {len(layers)} entries for {len(datasets)} datasets.")
+        if names is not None and len(names) != len(datasets):
+            raise ValueError(f"names has {len(names)} entries for {len(datasets)} datasets.")
+        check_batch_size(batch_size)
+        check_number(train_size, "train_size", minimum=0, maximum=1, exclusive_minimum=True)
+        check_number(block_size, "block_size", integer=True, minimum=1)
+        check_number(buffer_blocks, "buffer_blocks", integer=True, minimum=1)
+        check_number(num_workers, "num_workers", integer=True, minimum=0)
+        if seed is None:
+            from scvi import settings
+
+            seed = settings.seed
+        names = list(names) if names is not None else [None] * len(datasets)
+        self.sources = [
+            open_dataset(item, name, lay) for item, name, lay in zip(datasets, names, layers, strict=True)
+        ]
+        seen = pd.Index([s.name for s in self.sources])
+        if seen.has_duplicates:
+            raise ValueError(f"two datasets share the name {seen[seen.duplicated()][0]!r}; pass names=.")
+        self.case_insensitive = case_insensitive
+        self.vocabulary = corpus_vocabulary(
+            [s.var_names for s in self.sources], vocabulary, min_datasets, case_insensitive
+        )
+        for source in self.sources:
+            matched = match_genes_to_vocabulary(self.vocabulary, source.var_names, case_insensitive)
+            source.gene_index = source.var_names.get_indexer(matched.fillna("\0").to_numpy()).astype(np.int64)
+            if not (source.gene_index >= 0).any():
+                raise ValueError(
+                    f"{source.name}: none of its {len(source.var_names)} genes (e.g. "
+                    f"{source.var_names[:3].tolist()}) is in the vocabulary (e.g. {self.vocabulary[:3].tolist()})."
+                )
+        self.batch_size = int(batch_size)
+        self.block_size = int(block_size)
+        self.buffer_blocks = int(buffer_blocks)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.train_size = float(train_size)
+        self.dataset = CorpusDataset(self.sources, len(self.vocabulary))
+        self.train_blocks, self.val_blocks = self._split()
+        self.n_train = int((self.train_blocks[:, 1] - self.train_blocks[:, 0]).sum())
+        self.n_val = int((self.val_blocks[:, 1] - self.val_blocks[:, 0]).sum())
+
+    def _split(self) -> tuple[np.ndarray, np.ndarray]:
+        blocks = cut_into_blocks([s.n_cells for s in self.sources], self.block_size)
+        if self.train_size >= 1.0:
+            return blocks, blocks[:0]
+        if len(blocks) < 2:
+            raise ValueError(
+                f"the corpus has {len(blocks)} block of cells, so train_size={self.train_size} leaves no "
+                f"validation block; pass a smaller block_size or train_size=1.0."
+            )
+        order = np.random.default_rng(self.seed).permutation(len(blocks))
+        n_train = min(len(blocks) - 1, math.ceil(self.train_size * len(blocks)))
+        return blocks[np.sort(order[:n_train])], blocks[np.sort(order[n_train:])]
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def n_obs(self) -> int:
+        """Cells in the corpus."""
+        return len(self.dataset)
+
+    @property
+    def n_vars(self) -> int:
+        """Genes in the vocabulary."""
+        return len(self.vocabulary)
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per dataset: cells, genes, vocabulary genes it measured, counts layer."""
+        return pd.DataFrame(
+            {
+                "cells": [s.n_cells for s in self.sources],
+                "genes": [len(s.var_names) for s in self.sources],
+                "vocabulary_genes_measured": [int((s.gene_index >= 0).sum()) for s in self.sources],
+                "layer": [s.layer for s in self.sources],
+                "file": [None if s.path is None else str(s.path) for s in self.sources],
+            },
+            index=pd.Index([s.name for s in self.sources], name="dataset"),
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"CorpusDataModule: {len(self.sources)} datasets, {self.n_obs:,} cells, "
+            f"{self.n_vars:,} vocabulary genes ({self.n_train:,} training / {self.n_val:,} validation cells)"
+        )
+
+    __repr__ = __str__
+
+    # ------------------------------------------------------------------ loaders
+    def _replicas(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.world_size), int(trainer.global_rank)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def _loader(self, blocks: np.ndarray, shuffle: bool) -> DataLoader:
+        num_replicas, rank = self._replicas()
+        sampler = BlockShuffleSampler(
+            blocks,
+            shuffle=shuffle,
+            buffer_blocks=self.buffer_blocks,
+            seed=self.seed,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
+        return DataLoader(
+            self.dataset,
+            batch_sampler=BatchSampler(sampler, self.batch_size, drop_last=False),
+            collate_fn=_as_batch,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Training cells, block-shuffled anew every epoch."""
+        return self._loader(self.train_blocks, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation cells in a fixed order (none when ``train_size=1.0``)."""
+        return self._loader(self.val_blocks, shuffle=False) if len(self.val_blocks) else []
+
+    def sample_loader(self, n_cells: int, batch_size: int = 256) -> DataLoader:
+        """Up to ``n_cells`` cells spread evenly over the corpus (for a data-dependent start)."""
+        n_cells = min(n_cells, self.n_obs)
+        picks = np.unique(np.linspace(0, self.n_obs - 1, n_cells).astype(np.int64))
+        return DataLoader(
+            self.dataset,
+            batch_sampler=BatchSampler(picks.tolist(), batch_size, drop_last=False),
+            collate_fn=_as_batch,
+        )
