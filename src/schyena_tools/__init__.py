@@ -11,7 +11,17 @@ from importlib.metadata import version as _version
 __version__ = _version("schyena-tools")
 
 _SUBMODULES = ("dataloaders", "datasets", "demo", "model", "module", "nn", "pl", "pretrained", "validation")
-__all__ = ["SCHyena", "dataloaders", "datasets", "demo", "nn", "pl", "pretrained", "validation", "__version__"]
+__all__ = [
+    "SCHyena",
+    "dataloaders",
+    "datasets",
+    "demo",
+    "nn",
+    "pl",
+    "pretrained",
+    "validation",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

@@ -230,6 +230,10 @@ def _pretrain(args: argparse.Namespace) -> None:
         raise UsageError(
             f"model folder {args.model_out!r} exists and is not empty; pass --overwrite to replace it"
         )
+    if len(args.input) > 1 or args.output is None or args.vocabulary != "union":
+        _pretrain_on_corpus(args, model_out)
+        return
+    args.input, args.output = args.input[0], str(_check_output(args.output))
 
     def work_on(adata, work, _):
         from schyena_tools import SCHyena
@@ -249,6 +253,76 @@ def _pretrain(args: argparse.Namespace) -> None:
         )
 
     _run_on_file(args, work_on, keep_obs=(args.batch_key,), batch_key=args.batch_key)
+
+
+def _read_vocabulary(text: str):
+    """``--vocabulary``: "union", or a text file with one gene name per line."""
+    if text == "union":
+        return text
+    file = Path(text)
+    if not file.is_file():
+        raise UsageError(f"--vocabulary {text!r} is neither 'union' nor a file of gene names (one per line)")
+    genes = [line.strip() for line in file.read_text().splitlines()]
+    return [gene for gene in genes if gene and not gene.startswith("#")]
+
+
+def _pretrain_on_corpus(args: argparse.Namespace, model_out: Path) -> None:
+    """Several inputs (or no output file): one model pre-trained on all of them, read from disk.
+
+    With ``-o`` and several inputs, ``-o`` is a folder: each input is written there, under its
+    own name, with ``obsm["X_schyena"]`` added.
+    """
+    inputs = [_check_input(path) for path in args.input]
+    if len({path.name for path in inputs}) < len(inputs):
+        raise UsageError("two inputs have the same file name; rename one (outputs are named after inputs)")
+    out_folder = None
+    if args.output is not None and len(inputs) > 1:
+        out_folder = Path(args.output)
+        if not out_folder.is_dir():
+            raise UsageError(
+                f"with several inputs, -o is a folder for the embedded copies; {args.output!r} is not one"
+            )
+    elif args.output is not None:
+        _check_output(args.output)
+    if args.batch_key is not None:
+        raise UsageError("--batch-key is for a single input file; a corpus registers no batches")
+    vocabulary = _read_vocabulary(args.vocabulary)
+    import scvi
+
+    from schyena_tools import SCHyena
+    from schyena_tools.dataloaders import CorpusDataModule
+
+    scvi.settings.seed = args.seed
+    _say(f"checking {len(inputs)} input files", args)
+    corpus = CorpusDataModule(
+        inputs,
+        layer=args.layer,
+        vocabulary=vocabulary,
+        min_datasets=args.min_datasets,
+        case_insensitive=args.case_insensitive,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
+    _say(str(corpus), args)
+    model = SCHyena.from_corpus(corpus, d_model=args.d_model, n_layers=args.n_layers)
+    trainer = _trainer_kwargs(args)
+    del trainer["batch_size"]
+    model.train(
+        mask_ratio=args.mask_ratio,
+        checkpoint_dir=args.checkpoint_dir,
+        resume_from=args.resume_from,
+        **trainer,
+    )
+    _say(f"saving model to {model_out}", args)
+    model.save(str(model_out), overwrite=True)
+    if args.output is None:
+        return
+    for path in inputs:
+        target = out_folder / path.name if out_folder is not None else Path(args.output)
+        one = argparse.Namespace(
+            **{**vars(args), "input": str(path), "output": str(target), "model": str(model_out)}
+        )
+        _embed(one)
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -429,13 +503,56 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain",
         help="pre-train a new model on an h5ad (masked expression modelling) and embed its cells",
         formatter_class=formatter,
-        description="Pre-train scHyena from scratch on the cells of INPUT (every gene is a token), save the "
-        "model folder, and write OUTPUT: INPUT plus obsm['X_schyena'] (cell embeddings).",
-        epilog="example:\n  schyena-tools pretrain brain.h5ad -o brain_embedded.h5ad --model-out brain_model "
-        "--max-epochs 20\n  then: schyena-tools embed brain_model other.h5ad -o other_embedded.h5ad",
+        description="Pre-train scHyena from scratch on the cells of INPUT (every gene is a token) and save "
+        "the model folder. One INPUT with -o OUTPUT.h5ad: OUTPUT is INPUT plus obsm['X_schyena'] (cell "
+        "embeddings). Several INPUTs (each with its own gene panel): one model for all, its vocabulary the "
+        "union of their genes (or --vocabulary FILE), cells read from disk in minibatches and shuffled "
+        "across files; -o FOLDER also writes each input's embedded copy there.",
+        epilog="examples:\n  schyena-tools pretrain brain.h5ad -o brain_embedded.h5ad "
+        "--model-out brain_model --max-epochs 20\n  schyena-tools pretrain atlas1.h5ad atlas2.h5ad "
+        "atlas3.h5ad --model-out brain_model --layer counts --checkpoint-dir ckpt\n  then: schyena-tools embed brain_model other.h5ad -o "
+        "other_embedded.h5ad",
     )
-    _add_io(pretrain, model=False)
+    pretrain.add_argument(
+        "input", nargs="+", help="h5ad files of raw counts (cells x genes), any gene panels"
+    )
+    pretrain.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="one input: h5ad file to write (the input plus obsm['X_schyena']); several inputs: a folder "
+        "to write each input's embedded copy into (optional)",
+    )
+    pretrain.add_argument(
+        "--layer", default=None, help="layer holding the raw counts, in every input (default: X)"
+    )
     pretrain.add_argument("--model-out", required=True, help="folder to save the trained model in")
+    pretrain.add_argument(
+        "--vocabulary",
+        default="union",
+        help="the model's genes: 'union' of the inputs' genes (default), or a file of names, one per line",
+    )
+    pretrain.add_argument(
+        "--min-datasets",
+        type=_integer(1),
+        default=None,
+        help="with --vocabulary union: keep genes measured in at least this many inputs",
+    )
+    pretrain.add_argument(
+        "--case-insensitive", action="store_true", help="match gene names across inputs ignoring case"
+    )
+    pretrain.add_argument(
+        "--num-workers",
+        type=_integer(0),
+        default=0,
+        help="processes reading the files (default: %(default)s)",
+    )
+    pretrain.add_argument("--checkpoint-dir", default=None, help="write a checkpoint here after every epoch")
+    pretrain.add_argument(
+        "--resume-from",
+        default=None,
+        help="continue an interrupted run from this checkpoint (or --checkpoint-dir)",
+    )
     pretrain.add_argument("--overwrite", action="store_true", help="replace an existing --model-out folder")
     pretrain.add_argument("--batch-key", default=None, help="obs column of batches (registered, optional)")
     pretrain.add_argument(

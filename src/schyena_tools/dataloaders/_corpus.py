@@ -57,7 +57,9 @@ def corpus_vocabulary(
         if min_datasets is not None:
             raise ValueError("min_datasets selects genes of the union; with a vocabulary list, leave it out.")
         if given.has_duplicates:
-            raise ValueError(f"the vocabulary names genes twice (e.g. {given[given.duplicated()][:5].tolist()}).")
+            raise ValueError(
+                f"the vocabulary names genes twice (e.g. {given[given.duplicated()][:5].tolist()})."
+            )
         if len(given) < 2:
             raise ValueError(f"the vocabulary needs at least 2 genes, got {len(given)}.")
         return given
@@ -220,7 +222,7 @@ class CorpusDataModule(LightningDataModule):
         if seed is None:
             from scvi import settings
 
-            seed = settings.seed
+            seed = settings.seed or 0
         names = list(names) if names is not None else [None] * len(datasets)
         self.sources = [
             open_dataset(item, name, lay) for item, name, lay in zip(datasets, names, layers, strict=True)
@@ -238,7 +240,8 @@ class CorpusDataModule(LightningDataModule):
             if not (source.gene_index >= 0).any():
                 raise ValueError(
                     f"{source.name}: none of its {len(source.var_names)} genes (e.g. "
-                    f"{source.var_names[:3].tolist()}) is in the vocabulary (e.g. {self.vocabulary[:3].tolist()})."
+                    f"{source.var_names[:3].tolist()}) is in the vocabulary "
+                    f"(e.g. {self.vocabulary[:3].tolist()})."
                 )
         self.batch_size = int(batch_size)
         self.block_size = int(block_size)

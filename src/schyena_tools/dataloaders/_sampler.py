@@ -93,7 +93,9 @@ class BlockShuffleSampler(Sampler[int]):
 
     def _cells(self, own: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
         for first in range(0, len(own), self.buffer_blocks):
-            cells = np.concatenate([np.arange(start, stop) for start, stop in own[first : first + self.buffer_blocks]])
+            cells = np.concatenate(
+                [np.arange(start, stop) for start, stop in own[first : first + self.buffer_blocks]]
+            )
             if self.shuffle:
                 rng.shuffle(cells)
             yield cells

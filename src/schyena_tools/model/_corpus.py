@@ -10,6 +10,8 @@ dataset afterwards, the model goes through :meth:`load_query_data` like any pre-
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
@@ -52,10 +54,17 @@ class CorpusMixin:
         if not isinstance(corpus, CorpusDataModule):
             raise TypeError(f"corpus must be a CorpusDataModule, got {type(corpus).__name__}")
         if "gene_vocabulary" in model_kwargs:
-            raise ValueError("a corpus model's vocabulary is the corpus's: set it with CorpusDataModule(vocabulary=...).")
+            raise ValueError(
+                "a corpus model's vocabulary is the corpus's: set it with CorpusDataModule(vocabulary=...)."
+            )
         standin = standin_anndata(corpus.vocabulary)
-        cls.setup_anndata(standin)
-        model = cls(standin, **model_kwargs)
+        with warnings.catch_warnings():
+            # "Category 0 has fewer than 3 cells": the stand-in's one cell is never trained on.
+            warnings.filterwarnings(
+                "ignore", message="Category .* has fewer than 3 cells", category=UserWarning
+            )
+            cls.setup_anndata(standin)
+            model = cls(standin, **model_kwargs)
         model._corpus = corpus
         model.corpus_summary_ = corpus.summary.reset_index().to_dict(orient="list")
         return model
@@ -75,8 +84,15 @@ class CorpusMixin:
                 "vocabulary order. Pre-train a model built with SCHyena.from_corpus(corpus)."
             )
 
-    def _is_standin(self) -> bool:
-        return bool(self.adata is not None and self.adata.uns.get(STANDIN_KEY, False))
+    def _refuse_standin(self) -> None:
+        """A clear error where the one-cell stand-in would be used as data."""
+        if self.adata is not None and self.adata.uns.get(STANDIN_KEY, False):
+            raise ValueError(
+                "this model has no cells of its own: it is registered on a one-cell stand-in for its "
+                "training data (it was pre-trained on a corpus, or loaded from its folder alone). Map it "
+                "onto your data first: model = SCHyena.load_query_data(adata, model), or "
+                "st.pretrained.load_model(path, adata)."
+            )
 
     @torch.inference_mode()
     def _initialize_from_corpus(self, corpus, show_progress: bool = False) -> None:

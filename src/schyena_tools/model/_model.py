@@ -275,13 +275,8 @@ class SCHyena(
         were counts), and so are the genes: they must be the genes, in the order, that the model
         was set up with (a different panel goes through :meth:`load_query_data`).
         """
-        if adata is None and self._is_standin():
-            raise ValueError(
-                "this model has no cells of its own: it is registered on a one-cell stand-in for its "
-                "training data (it was pre-trained on a corpus, or loaded from its folder alone). Map it "
-                "onto your data first: model = SCHyena.load_query_data(adata, model), or "
-                "st.pretrained.load_model(path, adata)."
-            )
+        if adata is None:
+            self._refuse_standin()
         target = self.adata if adata is None else adata
         setup_args = self.adata_manager.registry.get("setup_args", {})
         check_anndata(target, layer=setup_args.get("layer"))

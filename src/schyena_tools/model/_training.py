@@ -152,6 +152,7 @@ class TrainingMixin:
         """
         check_phase_arguments(max_epochs, batch_size, plan_kwargs)
         if datamodule is None:
+            self._refuse_standin()
             if "external_indexing" not in (datasplitter_kwargs or {}):
                 check_split(self.adata.n_obs, train_size, validation_size)
             self._validate_anndata()
@@ -323,6 +324,7 @@ class TrainingMixin:
         check_phase_arguments(max_epochs, batch_size, plan_kwargs)
         corpus = datamodule if datamodule is not None else getattr(self, "_corpus", None)
         if corpus is None:
+            self._refuse_standin()
             check_split(self.adata.n_obs, train_size, validation_size)
         else:
             self._check_corpus(corpus)

@@ -27,7 +27,9 @@ MISSING_KEY = "missing_genes"
 LIBRARY_KEY = "library_size"
 
 
-def log_normalize(counts: torch.Tensor, target_sum: float, library: torch.Tensor | None = None) -> torch.Tensor:
+def log_normalize(
+    counts: torch.Tensor, target_sum: float, library: torch.Tensor | None = None
+) -> torch.Tensor:
     """Library-size normalise each cell to ``target_sum`` and apply ``log1p``.
 
     The same function runs at training and at inference, so a model never sees its input
@@ -56,7 +58,9 @@ def align_to_vocabulary(
     return values[:, index.clamp_min(0)].masked_fill(missing, 0.0), missing
 
 
-def with_missing_genes(missing: torch.Tensor | None, missing_genes: torch.Tensor | None) -> torch.Tensor | None:
+def with_missing_genes(
+    missing: torch.Tensor | None, missing_genes: torch.Tensor | None
+) -> torch.Tensor | None:
     """The alignment's ``(genes,)`` missing mask joined with a minibatch's ``(cells, genes)`` one."""
     if missing_genes is None:
         return missing
