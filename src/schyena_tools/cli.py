@@ -510,8 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
         "across files; -o FOLDER also writes each input's embedded copy there.",
         epilog="examples:\n  schyena-tools pretrain brain.h5ad -o brain_embedded.h5ad "
         "--model-out brain_model --max-epochs 20\n  schyena-tools pretrain atlas1.h5ad atlas2.h5ad "
-        "atlas3.h5ad --model-out brain_model --layer counts --checkpoint-dir ckpt\n  then: schyena-tools embed brain_model other.h5ad -o "
-        "other_embedded.h5ad",
+        "atlas3.h5ad --model-out brain_model --layer counts --checkpoint-dir ckpt\n  then: "
+        "schyena-tools embed brain_model other.h5ad -o other_embedded.h5ad",
     )
     pretrain.add_argument(
         "input", nargs="+", help="h5ad files of raw counts (cells x genes), any gene panels"
