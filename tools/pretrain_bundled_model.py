@@ -1,29 +1,33 @@
 """Pre-train the scHyena bundled with the package (``st.pretrained.load_zeisel_brain_model``).
 
-Reproduce it from a checkout::
+Reproduce it from a checkout with ``../shared/data`` beside it (``SCHYENA_DATA`` overrides)::
 
-    python tools/pretrain_bundled_model.py            # about 20 CPU minutes on 2 cores
+    python tools/pretrain_bundled_model.py            # about 40 CPU minutes on 2 cores
 
 What it does: pre-trains ``SCHyena(d_model=32, n_layers=2)`` by masked expression modelling
-(no labels) on the full-length MIT-licensed mouse brain data bundled with the package: the 550
-cells x 19,972 genes of ``st.datasets.zeisel_brain_all_genes()`` (whose genes are the model's
-vocabulary) and the 243 midbrain cells x 18,219 genes of
-``st.datasets.lamanno_midbrain_dopaminergic()`` (its genes matched to the vocabulary by name;
-vocabulary genes it lacks get the missing token). Each round is one epoch on each data set, the
-weights carried from one to the other. The other 2,455 cells of ``st.datasets.zeisel_brain()``
-are left out on purpose: they measure only 4,000 genes, would cost as much as full-length cells
-(every vocabulary gene is a token), and they are the cells the benchmarks and the annotation
-tutorial evaluate on. It saves into ``src/schyena_tools/pretrained/_files/zeisel_brain/``
+(no labels) on one corpus (:class:`schyena_tools.dataloaders.CorpusDataModule`) of every
+full-length brain data set beside the checkout that may be shipped (MIT / BSD, see
+``SOURCES.md`` there): Zeisel 2015 (550 cells x 19,972 genes, ``st.datasets.zeisel_brain_all_genes()``),
+La Manno 2016 midbrain (243 x 18,219), Campbell 2017 hypothalamus (200 x 26,774), BICAN human
+caudate (390 x 25,697) and Hochgerner 2018 dentate gyrus (100 x 13,913): 1,483 cells, shuffled
+across data sets in every epoch. Genes are matched ignoring case (mouse ``Gapdh`` = human
+``GAPDH``) and the vocabulary keeps the genes measured in at least two of the five sets, in
+order of first appearance (Zeisel's genes first): a gene only one set measures costs every
+user a token per cell and is learnt from a few hundred cells. The GPL and unlicensed sets
+(Camp, scCB2, Darmanis) are never used, and the other 2,455 cells of ``st.datasets.zeisel_brain()``
+are left out on purpose: they measure only 4,000 genes and are the cells the benchmarks and the
+annotation tutorial evaluate on. It saves into ``src/schyena_tools/pretrained/_files/zeisel_brain/``
 (``model.pt``) and writes ``model_card.json`` beside it: the settings, the training time, the
-losses, the neighbour label agreement of its embedding, and which cells of
-``st.datasets.zeisel_brain()`` (the 3,005-cell release of the same study) it was pre-trained
-on, so that evaluations can leave them out.
+losses, the corpus, and which cells of ``st.datasets.zeisel_brain()`` (the 3,005-cell release of
+the same study) it was pre-trained on, so that evaluations can leave them out. Held-out figures
+are added by ``tools/evaluate_bundled_model.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from datetime import UTC, datetime
@@ -60,81 +64,110 @@ def _last(history: dict | None, key: str) -> float | None:
     return round(float(history[key].iloc[-1, 0]), 4)
 
 
+#: The shippable full-length brain sets beside the checkout: (name, file under DATA, citation).
+CORPUS = (
+    (
+        "Zeisel 2015 cortex + hippocampus",
+        "zeisel2015_gpsFISH/zeisel_550x19972_counts.h5ad",
+        "Zeisel et al. 2015",
+    ),
+    (
+        "La Manno 2016 midbrain",
+        "lamanno2016_DA_mapscvi/lamanno_DA_243x18219_counts.h5ad",
+        "La Manno et al. 2016",
+    ),
+    ("Campbell 2017 hypothalamus", "campbell2017_sctk/campbell2017_sctk.h5ad", "Campbell et al. 2017"),
+    (
+        "BICAN human caudate",
+        "bican_human_caudate_dropsift/bican_human_caudate_dropsift.h5ad",
+        "BICAN / DropSift",
+    ),
+    (
+        "Hochgerner 2018 dentate gyrus",
+        "hochgerner2018_dg_scvelo100/hochgerner2018_dg_scvelo100.h5ad",
+        "Hochgerner 2018",
+    ),
+)
+DATA = Path(os.environ.get("SCHYENA_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--d-model", type=int, default=32)
     parser.add_argument("--n-layers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of one epoch on each data set")
+    parser.add_argument("--epochs", type=int, default=8, help="passes over the corpus")
+    parser.add_argument(
+        "--min-datasets", type=int, default=2, help="vocabulary: genes in at least this many sets"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-minutes", type=float, default=25.0, help="start no new round after this long")
+    parser.add_argument("--checkpoint-dir", type=Path, default=Path("bundled_model_checkpoints"))
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     args = parser.parse_args()
 
     scvi.settings.seed = args.seed
-    adata = st.datasets.zeisel_brain_all_genes()
-    st.SCHyena.setup_anndata(adata)  # no labels: self-supervised pre-training only
-    model = st.SCHyena(adata, d_model=args.d_model, n_layers=args.n_layers)
-    print(model, flush=True)
-    midbrain = st.datasets.lamanno_midbrain_dopaminergic()
-    st.SCHyena.setup_anndata(midbrain)
-    midbrain_model = st.SCHyena.load_query_data(midbrain, model)
-    # It continues the reference's pre-training: no data-dependent start of its own (that runs
-    # once, at the first model.train() below, from the Zeisel cells).
-    midbrain_model.is_trained_ = True
-
-    train_kwargs = dict(
-        max_epochs=1, batch_size=args.batch_size, plan_kwargs={"lr": args.lr}, enable_progress_bar=False
+    paths = [DATA / file for _, file, _ in CORPUS]
+    corpus = st.dataloaders.CorpusDataModule(
+        paths,
+        names=[name for name, _, _ in CORPUS],
+        vocabulary="union",
+        min_datasets=args.min_datasets,
+        case_insensitive=True,
+        batch_size=args.batch_size,
+        seed=args.seed,
     )
+    print(corpus, corpus.summary, sep="\n", flush=True)
+    model = st.SCHyena.from_corpus(corpus, d_model=args.d_model, n_layers=args.n_layers)
+    print(model, flush=True)
     start = time.perf_counter()
-    rounds_done = 0
-    losses = []
-    for _ in range(args.rounds):
-        if time.perf_counter() - start > 60 * args.max_minutes:
-            break
-        # One epoch on each data set; the weights go from one model to the other (same vocabulary,
-        # same architecture, only the measured genes differ).
-        model.train(**train_kwargs)
-        losses.append({"zeisel": _last(model.history, "validation_loss")})
-        midbrain_model.module.load_state_dict(model.module.state_dict())
-        midbrain_model.train(**train_kwargs)
-        losses[-1]["lamanno"] = _last(midbrain_model.history, "validation_loss")
-        model.module.load_state_dict(midbrain_model.module.state_dict())
-        rounds_done += 1
-        print(f"round {rounds_done}: validation loss {losses[-1]} after {time.perf_counter() - start:.0f} s")
+    model.train(
+        max_epochs=args.epochs,
+        plan_kwargs={"lr": args.lr},
+        enable_progress_bar=False,
+        checkpoint_dir=args.checkpoint_dir,
+        resume_from=args.checkpoint_dir if args.resume else None,
+    )
     train_seconds = time.perf_counter() - start
     print(f"trained in {train_seconds:.0f} s", flush=True)
-
-    start = time.perf_counter()
-    embedding = model.get_latent_representation(batch_size=16)
-    embed_seconds = time.perf_counter() - start
     history = model.phase_history_["pretrain"]
+
+    zeisel = st.datasets.zeisel_brain_all_genes()
+    query = st.SCHyena.load_query_data(zeisel, model)
+    start = time.perf_counter()
+    embedding = query.get_latent_representation(batch_size=16, progress_bar=False)
+    embed_seconds = time.perf_counter() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(str(args.out), overwrite=True, save_anndata=False)
-    size_mb = sum(f.stat().st_size for f in args.out.iterdir()) / 1e6
-
+    size_mb = sum(f.stat().st_size for f in args.out.iterdir() if f.name == "model.pt") / 1e6
+    summary = corpus.summary.drop(columns="file")
     card = {
         "name": "zeisel-brain",
-        "trained_on": "st.datasets.zeisel_brain_all_genes(): Zeisel et al. 2015, 550 cells x 19,972 genes, "
-        "mouse somatosensory cortex and CA1 hippocampus; and st.datasets.lamanno_midbrain_dopaminergic(): "
-        "La Manno et al. 2016, 243 mouse midbrain dopaminergic neurons x 18,219 genes; labels NOT used",
+        "trained_on": "one corpus of the five full-length brain data sets that may be shipped (MIT/BSD): "
+        + "; ".join(
+            f"{name} ({cite}), {n} cells" for (name, _, cite), n in zip(CORPUS, summary["cells"], strict=True)
+        )
+        + "; labels NOT used",
+        "corpus": summary.reset_index().to_dict(orient="records"),
+        "vocabulary": f"{len(model.gene_vocabulary)} genes measured in at least {args.min_datasets} of the "
+        "5 sets, matched ignoring case, in order of first appearance (Zeisel's genes first)",
         "objective": "masked expression modelling (15% of non-zero values, 1.5% of zeros hidden) "
         "+ cell-embedding expression head",
         "settings": {
             "d_model": args.d_model,
             "n_layers": args.n_layers,
-            "rounds": args.rounds,
+            "epochs": args.epochs,
             "batch_size": args.batch_size,
             "lr": args.lr,
-            "train_size": 0.9,
+            "train_size": corpus.train_size,
+            "block_size": corpus.block_size,
             "seed": args.seed,
-            "max_minutes": args.max_minutes,
         },
-        "epochs_completed": rounds_done,
-        "epochs_explained": "rounds completed; each round is one epoch on each of the two data sets",
-        "validation_loss_per_round": losses,
+        "epochs_completed": int(len(history["train_loss"])),
+        "train_loss_per_epoch": [round(float(v), 4) for v in history["train_loss"].iloc[:, 0]],
+        "validation_loss_per_epoch": [round(float(v), 4) for v in history["validation_loss"].iloc[:, 0]],
         "parameters": int(sum(p.numel() for p in model.module.parameters())),
         "train_seconds": round(train_seconds, 1),
         "embed_seconds_550_cells": round(embed_seconds, 1),
@@ -145,12 +178,13 @@ def main() -> None:
         "final_validation_masked_mse": _last(history, "masked_mse_validation"),
         "final_validation_cell_mse": _last(history, "cell_mse_validation"),
         "knn10_label_agreement_subclass": round(
-            embedding_label_agreement(embedding, adata.obs["cell_type"]), 3
+            embedding_label_agreement(embedding, zeisel.obs["cell_type"]), 3
         ),
         "knn10_label_agreement_major_class": round(
-            embedding_label_agreement(embedding, adata.obs["major_class"]), 3
+            embedding_label_agreement(embedding, zeisel.obs["major_class"]), 3
         ),
-        "zeisel_brain_cells_in_training": cells_shared_with_zeisel_3005(adata, st.datasets.zeisel_brain()),
+        "knn10_explained": "on the 550 Zeisel training cells (not held out; held-out figures: 'held_out')",
+        "zeisel_brain_cells_in_training": cells_shared_with_zeisel_3005(zeisel, st.datasets.zeisel_brain()),
         "torch": torch.__version__,
         "scvi_tools": scvi.__version__,
         "schyena_tools": st.__version__,

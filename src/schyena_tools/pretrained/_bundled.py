@@ -73,10 +73,8 @@ def load_zeisel_brain_model(adata: AnnData | None = None, accelerator: str = "cp
     >>> model.train_classifier(max_epochs=5)
 
     """
-    folder = ZEISEL_BRAIN_MODEL_DIR
     if adata is None:
         from schyena_tools import datasets
-        from schyena_tools.model import SCHyena
 
-        return SCHyena.load(str(folder), adata=datasets.zeisel_brain_all_genes(), accelerator=accelerator)
-    return load_model(folder, adata, accelerator=accelerator)
+        adata = datasets.zeisel_brain_all_genes()
+    return load_model(ZEISEL_BRAIN_MODEL_DIR, adata, accelerator=accelerator)
