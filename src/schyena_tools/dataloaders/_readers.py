@@ -100,12 +100,14 @@ class CorpusSource:
             self._pid = os.getpid()
         return self._matrix
 
+    def read_block(self, rows: np.ndarray):
+        """The counts of ``rows`` (sorted, unique) as stored: sparse CSR or a dense array."""
+        return self.matrix()[np.asarray(rows, dtype=np.int64)]
+
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """Dense ``(len(rows), genes)`` float32 counts of ``rows`` (any order, repeats allowed)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        unique, inverse = np.unique(rows, return_inverse=True)
-        block = self.matrix()[unique]
-        return _to_dense(block).astype(np.float32, copy=False)[inverse]
+        unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+        return _to_dense(self.read_block(unique)).astype(np.float32, copy=False)[inverse]
 
     def close(self) -> None:
         """Close the file (it reopens on the next read)."""
@@ -173,7 +175,7 @@ def open_dataset(item, name: str | None, layer: str | None) -> CorpusSource:
         if source.n_cells == 0 or len(var_names) == 0:
             raise ValueError(f"it is empty ({source.n_cells} cells x {len(var_names)} genes).")
         rows = np.unique(np.linspace(0, source.n_cells - 1, min(N_CHECKED_CELLS, source.n_cells)).astype(int))
-        sample = AnnData(X=source.read_rows(rows), var=pd.DataFrame(index=var_names))
+        sample = AnnData(X=source.read_block(rows), var=pd.DataFrame(index=var_names))
         check_anndata(sample)
         source.close()
     except OSError as error:
