@@ -222,7 +222,11 @@ def test_pretraining_on_datasets_with_different_panels(panels, tmp_path):
     # onto one dataset of the corpus, or a new one (another panel)
     new = panels[2][:, 20:].copy()
     loaded = st.pretrained.load_model(tmp_path / "model", new)
-    assert loaded.get_latent_representation(progress_bar=False).shape == (24, 8)
+    embedding = loaded.get_latent_representation(progress_bar=False)
+    assert embedding.shape == (24, 8)
+    # SCHyena.load maps a corpus model by gene name too (it has no one panel to match)
+    again = st.SCHyena.load(tmp_path / "model", adata=panels[2][:, 20:].copy())
+    np.testing.assert_allclose(again.get_latent_representation(progress_bar=False), embedding, rtol=1e-5)
     other = CorpusDataModule([panels[0]], block_size=4)
     with pytest.raises(ValueError, match="vocabulary is not this model's"):
         model.train(max_epochs=3, datamodule=other)

@@ -339,7 +339,9 @@ class SaveLoadMixin:
         class, and a file written by an incompatible version of schyena-tools each raise an
         error that says which, before anything is built; so does an ``adata`` whose genes are
         not the saved model's, in its order (use :meth:`load_query_data` for another gene
-        panel). Other arguments as in
+        panel). A model pre-trained on a corpus of datasets (:meth:`from_corpus`) has no single
+        gene panel: it is mapped onto ``adata`` by gene name, as
+        :func:`schyena_tools.pretrained.load_model` does. Other arguments as in
         :meth:`scvi.model.base.BaseModelClass.load`; ``adata`` is checked like in
         :meth:`setup_anndata`.
         """
@@ -347,6 +349,11 @@ class SaveLoadMixin:
             saved = read_saved_model(dir_path, prefix, model_name=cls.__name__)
             if adata is not None:  # the genes are checked now, not at the model's first use
                 problem = gene_mismatch(saved["var_names"], adata.var_names)
+                if problem and "corpus_summary_" in saved["attr_dict"] and prefix is None:
+                    # Pre-trained on a corpus: no one gene panel to match, genes go by name.
+                    from schyena_tools.pretrained import load_model
+
+                    return load_model(dir_path, adata, accelerator=accelerator)
                 if problem:
                     raise ValueError(f"cannot load {str(dir_path)!r} onto this AnnData: {problem}")
         # scvi-tools logs "File .../model.pt already downloaded" for every local load: not news.
