@@ -1,5 +1,8 @@
 """Plain helpers and settings shared by the tests (fixtures live in conftest.py)."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +71,19 @@ def unregistered_copy(adata):
         del copy.uns[key]
     copy.obs = copy.obs.drop(columns=[c for c in copy.obs if c.startswith("_scvi")])
     return copy
+
+
+def run_script(text: str, folder: Path, *args) -> dict:
+    """Run ``text`` as a Python script in ``folder`` (argv: the folder, then ``args``), as a user's
+    DDP script runs; it must succeed and write ``result.json`` there, which is returned."""
+    script = folder / "script.py"
+    script.write_text(text)
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=folder,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((folder / "result.json").read_text())

@@ -1,8 +1,5 @@
 """Pre-training on a corpus: several h5ad files with their own gene panels, read from disk."""
 
-import json
-import subprocess
-import sys
 import textwrap
 import tracemalloc
 
@@ -24,7 +21,7 @@ from schyena_tools.dataloaders import (
     cut_into_blocks,
 )
 
-from ._helpers import TINY
+from ._helpers import TINY, run_script
 
 
 # ---------------------------------------------------------------- data on disk
@@ -286,17 +283,7 @@ DDP_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_corpus_pretraining_on_two_ddp_processes(panels, tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tiny=repr(TINY)))
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), str(panels[0]), str(panels[1])],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads((tmp_path / "result.json").read_text())
+    report = run_script(DDP_SCRIPT.format(tiny=repr(TINY)), tmp_path, panels[0], panels[1])
     assert report["world_size"] == 2
     # each process gets half of the training cells, in minibatches of 4
     assert report["train_batches"] == -(-(report["n_train"] // 2) // 4), report

@@ -1,8 +1,5 @@
 """Multi-process training (Lightning DDP) on CPU: two gloo processes, as a user's script runs it."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -11,7 +8,7 @@ import torch
 import schyena_tools as st
 from schyena_tools.model._training_plan import distributed_settings, is_distributed
 
-from ._helpers import TINY
+from ._helpers import TINY, run_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -61,17 +58,7 @@ def test_ddp_fixes_apply_only_to_ddp():
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_ddp_training_on_two_cpu_processes(tmp_path):
-    script = tmp_path / "train_ddp.py"
-    script.write_text(SCRIPT.format(tiny=repr(TINY)))
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads((tmp_path / "result.json").read_text())
+    report = run_script(SCRIPT.format(tiny=repr(TINY)), tmp_path)
     assert report["world_size"] == 2 and report["strategy"] == "DDPStrategy"
     # 48 cells, 90% for training, split over 2 processes in minibatches of 8: 3 batches each
     # (5 if every process saw every cell).
