@@ -20,7 +20,7 @@ For each size, in a fresh process (so peak memory is that size's alone):
   ``--steps`` optimiser steps: time to the first step (checks, the data-dependent start on
   20,000 cells, Lightning's set-up) and cells per second over the steps after the first two.
 
-Peak resident memory is the process's ``ru_maxrss``; "growth" subtracts the resident memory
+Peak resident memory is the process's ``VmHWM``; "growth" subtracts the resident memory
 after the imports. Files are read through the page cache (just written); the figures are ratios
 across sizes measured side by side in one run, on a shared machine.
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -68,7 +67,13 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    """This process's peak resident memory (``VmHWM``; ``ru_maxrss`` would count the parent's,
+    which it inherits across ``fork`` + ``exec``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e3
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def make_files(workdir: Path, n_files: int, cells_per_file: int, seed: int = 0) -> list[Path]:

@@ -157,30 +157,35 @@ def test_sampler_shuffles_blocks_each_epoch_and_shards_them_evenly():
     assert len(set(shares[0]) | set(shares[1])) >= 15
 
 
-def test_memory_is_bounded_by_the_minibatch_not_the_file(_zeisel, tmp_path):
-    # 12,000 real cells (resampled, thinned to vary) in one file: 750 minibatches of 16
-    rng = np.random.default_rng(0)
-    source = sp.csr_matrix(_zeisel.X[:, :2000])
-    rows = rng.integers(0, source.shape[0], 12_000)
-    big = source[rows]
-    big.data = rng.binomial(big.data.astype(np.int64), 0.7).astype(np.float32)
-    big.eliminate_zeros()
-    path = tmp_path / "big.h5ad"
-    ad.AnnData(big, var=pd.DataFrame(index=_zeisel.var_names[:2000])).write_h5ad(path)
-    stored = big.data.nbytes + big.indices.nbytes
-    corpus = CorpusDataModule([path], batch_size=16, train_size=1.0)
-    loader = corpus.train_dataloader()
+def _peak_while_streaming(path, n_batches=60) -> int:
+    """Peak bytes allocated (tracemalloc) while ``n_batches`` minibatches of 16 are read."""
+    loader = CorpusDataModule([path], batch_size=16, train_size=1.0).train_dataloader()
     tracemalloc.start()
-    n_batches = 0
-    for batch in loader:
-        n_batches += 1
+    for n_batches_read, batch in enumerate(loader, start=1):
         assert batch["X"].shape == (16, 2000)
-        if n_batches == 60:
+        if n_batches_read == n_batches:
             break
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    minibatch = 16 * 2000 * (4 + 1)  # counts and missing mask
-    assert peak < 12 * minibatch < stored / 20, (peak, minibatch, stored)
+    return peak
+
+
+def test_memory_is_bounded_by_the_cache_not_the_number_of_cells(_zeisel, tmp_path):
+    # files of 5,000 and 20,000 real cells (resampled, thinned to vary): 300 to 1,250 minibatches
+    rng = np.random.default_rng(0)
+    source = sp.csr_matrix(_zeisel.X[:, :2000])
+    peaks, stored = {}, {}
+    for n_cells in (5_000, 20_000):
+        cells = source[rng.integers(0, source.shape[0], n_cells)]
+        cells.data = rng.binomial(cells.data.astype(np.int64), 0.7).astype(np.float32)
+        cells.eliminate_zeros()
+        path = tmp_path / f"cells_{n_cells}.h5ad"
+        ad.AnnData(cells, var=pd.DataFrame(index=_zeisel.var_names[:2000])).write_h5ad(path)
+        stored[n_cells] = cells.data.nbytes + cells.indices.nbytes
+        peaks[n_cells] = _peak_while_streaming(path)
+    # 4x the cells, same memory (the block cache: 2 x 16 blocks of 32 cells, and one minibatch)
+    assert peaks[20_000] < 1.2 * peaks[5_000] + 2**20, peaks
+    assert peaks[20_000] < stored[20_000] / 10, (peaks, stored)
 
 
 # ---------------------------------------------------------------- the model

@@ -13,10 +13,12 @@ panel, in one minibatch.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from lightning.pytorch import LightningDataModule
 from scvi import REGISTRY_KEYS
@@ -87,24 +89,61 @@ def corpus_vocabulary(
 class CorpusDataset(Dataset):
     """Cells of all datasets by one global index, returned as vocabulary-ordered minibatches.
 
-    ``dataset.__getitems__(indices)`` (what a ``DataLoader`` with a batch sampler calls) reads
-    the cells of each dataset in one request and returns the tensors the module reads:
-    ``"X"`` (counts, ``(cells, vocabulary)``, zero where not measured), ``"missing_genes"``
-    (``(cells, vocabulary)``, True where the cell's dataset did not measure the gene) and
-    ``"library_size"`` (``(cells, 1)``: total counts over all the dataset's genes, the
-    vocabulary's and the others, as when the model is applied to that dataset alone).
+    ``dataset.__getitems__(indices)`` (what a ``DataLoader`` with a batch sampler calls) returns
+    the tensors the module reads: ``"X"`` (counts, ``(cells, vocabulary)``, zero where not
+    measured), ``"missing_genes"`` (``(cells, vocabulary)``, True where the cell's dataset did
+    not measure the gene) and ``"library_size"`` (``(cells, 1)``: total counts over all the
+    dataset's genes, the vocabulary's and the others, as when the model is applied to that
+    dataset alone).
+
+    Cells are read a block at a time (``block_size`` consecutive cells of one dataset, the
+    sampler's blocks: one contiguous read) and the last ``cached_blocks`` blocks are kept, so a
+    shuffle buffer of blocks is read from disk once while its minibatches are served.
     """
 
-    def __init__(self, sources: Sequence[CorpusSource], vocabulary_size: int):
+    def __init__(
+        self, sources: Sequence[CorpusSource], vocabulary_size: int, block_size: int, cached_blocks: int
+    ):
         self.sources = list(sources)
         self.vocabulary_size = vocabulary_size
+        self.block_size = int(block_size)
+        self.cached_blocks = int(cached_blocks)
         self.offsets = np.cumsum([0] + [s.n_cells for s in self.sources])
+        self._cache: OrderedDict = OrderedDict()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()  # a worker process keeps its own
+        return state
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {key: value[0] for key, value in self.__getitems__([index]).items()}
+
+    def _block(self, dataset: int, block: int):
+        key = (dataset, block)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        source = self.sources[dataset]
+        start = block * self.block_size
+        cells = source.read_range(start, min(start + self.block_size, source.n_cells))
+        self._cache[key] = cells
+        if len(self._cache) > self.cached_blocks:
+            self._cache.popitem(last=False)
+        return cells
+
+    def _rows(self, dataset: int, rows: np.ndarray) -> np.ndarray:
+        """Dense float32 counts of ``rows`` of one dataset, through the block cache."""
+        blocks = rows // self.block_size
+        out = np.empty((len(rows), len(self.sources[dataset].var_names)), dtype=np.float32)
+        for block in np.unique(blocks):
+            chosen = np.flatnonzero(blocks == block)
+            part = self._block(dataset, int(block))[rows[chosen] - block * self.block_size]
+            out[chosen] = part.toarray() if sp.issparse(part) else part
+        return out
 
     def __getitems__(self, indices) -> dict[str, torch.Tensor]:
         indices = np.asarray(indices, dtype=np.int64)
@@ -115,7 +154,7 @@ class CorpusDataset(Dataset):
         for d in np.unique(which):
             source = self.sources[d]
             positions = np.flatnonzero(which == d)
-            rows = source.read_rows(indices[positions] - self.offsets[d])
+            rows = self._rows(d, indices[positions] - self.offsets[d])
             measured = np.flatnonzero(source.gene_index >= 0)
             counts[np.ix_(positions, measured)] = rows[:, source.gene_index[measured]]
             missing[positions] = source.gene_index < 0
@@ -249,7 +288,10 @@ class CorpusDataModule(LightningDataModule):
         self.num_workers = int(num_workers)
         self.seed = int(seed)
         self.train_size = float(train_size)
-        self.dataset = CorpusDataset(self.sources, len(self.vocabulary))
+        # Two shuffle buffers of blocks in the cache: the one being served and the next.
+        self.dataset = CorpusDataset(
+            self.sources, len(self.vocabulary), self.block_size, 2 * self.buffer_blocks
+        )
         self.train_blocks, self.val_blocks = self._split()
         self.n_train = int((self.train_blocks[:, 1] - self.train_blocks[:, 0]).sum())
         self.n_val = int((self.val_blocks[:, 1] - self.val_blocks[:, 0]).sum())
@@ -335,11 +377,15 @@ class CorpusDataModule(LightningDataModule):
         return self._loader(self.val_blocks, shuffle=False) if len(self.val_blocks) else []
 
     def sample_loader(self, n_cells: int, batch_size: int = 256) -> DataLoader:
-        """Up to ``n_cells`` cells spread evenly over the corpus (for a data-dependent start)."""
-        n_cells = min(n_cells, self.n_obs)
-        picks = np.unique(np.linspace(0, self.n_obs - 1, n_cells).astype(np.int64))
+        """About ``n_cells`` cells in whole blocks spread evenly over the corpus (for a
+        data-dependent start), in their order.
+        """
+        blocks = cut_into_blocks([s.n_cells for s in self.sources], self.block_size)
+        n_blocks = min(len(blocks), math.ceil(n_cells / self.block_size))
+        chosen = blocks[np.unique(np.linspace(0, len(blocks) - 1, n_blocks).astype(np.int64))]
+        cells = np.concatenate([np.arange(start, stop) for start, stop in chosen])
         return DataLoader(
             self.dataset,
-            batch_sampler=BatchSampler(picks.tolist(), batch_size, drop_last=False),
+            batch_sampler=BatchSampler(cells.tolist(), batch_size, drop_last=False),
             collate_fn=_as_batch,
         )

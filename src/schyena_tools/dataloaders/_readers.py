@@ -19,8 +19,10 @@ from anndata import AnnData
 
 from schyena_tools.validation import check_anndata
 
-#: Cells read per file for the up-front counts check (as for a file-backed AnnData).
+#: Cells read per file for the up-front counts check (as for a file-backed AnnData), in
+#: this many evenly spaced runs of consecutive cells.
 N_CHECKED_CELLS = 1000
+N_CHECKED_RUNS = 20
 
 
 def _matrix_key(layer: str | None) -> str:
@@ -104,6 +106,10 @@ class CorpusSource:
         """The counts of ``rows`` (sorted, unique) as stored: sparse CSR or a dense array."""
         return self.matrix()[np.asarray(rows, dtype=np.int64)]
 
+    def read_range(self, start: int, stop: int):
+        """The counts of cells ``start`` to ``stop`` as stored (one contiguous read)."""
+        return self.matrix()[start:stop]
+
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """Dense ``(len(rows), genes)`` float32 counts of ``rows`` (any order, repeats allowed)."""
         unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
@@ -122,6 +128,18 @@ class CorpusSource:
         return state
 
 
+def _checked_cells(source: CorpusSource):
+    """:data:`N_CHECKED_CELLS` cells of a file in :data:`N_CHECKED_RUNS` evenly spaced runs of
+    consecutive cells (a few contiguous reads, not a thousand scattered ones).
+    """
+    run = N_CHECKED_CELLS // N_CHECKED_RUNS
+    if source.n_cells <= N_CHECKED_CELLS:
+        return source.read_range(0, source.n_cells)
+    starts = np.unique(np.linspace(0, source.n_cells - run, N_CHECKED_RUNS).astype(np.int64))
+    parts = [source.read_range(int(start), int(start) + run) for start in starts]
+    return sp.vstack(parts, format="csr") if sp.issparse(parts[0]) else np.vstack(parts)
+
+
 def _read_var_names(path: Path) -> pd.Index:
     import h5py
     from anndata.io import read_elem
@@ -137,8 +155,8 @@ def open_dataset(item, name: str | None, layer: str | None) -> CorpusSource:
 
     ``item`` is an h5ad path or an AnnData (a file-backed one is read from its file). Checked:
     the file exists and is an h5ad file, the counts layer exists, it has cells and genes,
-    gene names are unique, and its values are raw counts (on :data:`N_CHECKED_CELLS` evenly
-    spaced cells of a file; on every value of an in-memory AnnData); see
+    gene names are unique, and its values are raw counts (on :data:`N_CHECKED_CELLS` cells of a
+    file, in :data:`N_CHECKED_RUNS` evenly spaced runs; on every value of an in-memory AnnData); see
     :func:`schyena_tools.validation.check_anndata`.
     """
     if isinstance(item, AnnData) and item.isbacked:
@@ -174,8 +192,7 @@ def open_dataset(item, name: str | None, layer: str | None) -> CorpusSource:
             raise ValueError(f"its counts have {matrix.shape[1]} columns for {len(var_names)} genes.")
         if source.n_cells == 0 or len(var_names) == 0:
             raise ValueError(f"it is empty ({source.n_cells} cells x {len(var_names)} genes).")
-        rows = np.unique(np.linspace(0, source.n_cells - 1, min(N_CHECKED_CELLS, source.n_cells)).astype(int))
-        sample = AnnData(X=source.read_block(rows), var=pd.DataFrame(index=var_names))
+        sample = AnnData(X=_checked_cells(source), var=pd.DataFrame(index=var_names))
         check_anndata(sample)
         source.close()
     except OSError as error:
