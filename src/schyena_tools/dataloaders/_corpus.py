@@ -138,7 +138,7 @@ class CorpusDataset(Dataset):
     def _rows(self, dataset: int, rows: np.ndarray) -> np.ndarray:
         """Dense float32 counts of ``rows`` of one dataset, through the block cache."""
         blocks = rows // self.block_size
-        out = np.empty((len(rows), len(self.sources[dataset].var_names)), dtype=np.float32)
+        out = np.empty((len(rows), self.sources[dataset].n_genes), dtype=np.float32)
         for block in np.unique(blocks):
             chosen = np.flatnonzero(blocks == block)
             part = self._block(dataset, int(block))[rows[chosen] - block * self.block_size]
@@ -282,6 +282,7 @@ class CorpusDataModule(LightningDataModule):
                     f"{source.var_names[:3].tolist()}) is in the vocabulary "
                     f"(e.g. {self.vocabulary[:3].tolist()})."
                 )
+            source.var_names = None  # matched: its gene_index is all the corpus needs
         self.batch_size = int(batch_size)
         self.block_size = int(block_size)
         self.buffer_blocks = int(buffer_blocks)
@@ -326,7 +327,7 @@ class CorpusDataModule(LightningDataModule):
         return pd.DataFrame(
             {
                 "cells": [s.n_cells for s in self.sources],
-                "genes": [len(s.var_names) for s in self.sources],
+                "genes": [s.n_genes for s in self.sources],
                 "vocabulary_genes_measured": [int((s.gene_index >= 0).sum()) for s in self.sources],
                 "layer": [s.layer for s in self.sources],
                 "file": [None if s.path is None else str(s.path) for s in self.sources],

@@ -76,15 +76,16 @@ def match_genes_to_vocabulary(
         raise ValueError(
             f"the query's var_names are not unique (e.g. {duplicated}); call adata.var_names_make_unique()."
         )
-    matched = pd.Series([g if g in query_genes else None for g in vocabulary], index=vocabulary, dtype=object)
+    measured = set(query_genes)
+    matched = [g if g in measured else None for g in vocabulary]  # plain lists: ~30x faster than .iat
     if case_insensitive:
-        used = set(matched.dropna())
+        used = {g for g in matched if g is not None}
         by_lower: dict[str, list[str]] = {}
         for gene in query_genes:
             if gene not in used:
                 by_lower.setdefault(gene.lower(), []).append(gene)
         for position, gene in enumerate(vocabulary):
-            if matched.iat[position] is not None:
+            if matched[position] is not None:
                 continue
             candidates = by_lower.get(gene.lower(), [])
             if len(candidates) > 1:
@@ -93,8 +94,9 @@ def match_genes_to_vocabulary(
                     "make the query's gene names unique ignoring case, or use case_insensitive=False."
                 )
             if candidates:
-                matched.iat[position] = candidates[0]
+                matched[position] = candidates[0]
                 by_lower.pop(gene.lower())
+    matched = pd.Series(matched, index=vocabulary, dtype=object)
     return matched
 
 

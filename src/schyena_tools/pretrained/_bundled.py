@@ -18,8 +18,10 @@ def zeisel_brain_model_card() -> dict:
 
     Written by ``tools/pretrain_bundled_model.py`` when the model was made. Among others:
     ``settings``, ``train_seconds``, ``epochs_completed``, ``final_validation_loss``,
-    ``knn10_label_agreement_subclass`` / ``_major_class`` (of its embedding of the 550 training
-    cells) and ``zeisel_brain_cells_in_training``: the ``obs_names`` of
+    ``knn10_label_agreement_subclass`` / ``_major_class`` (of its embedding of the 550 Zeisel
+    training cells), ``corpus`` (the data sets and their cells), ``held_out`` (zero-shot and
+    few-shot figures on held-out sets, side by side with PCA of HVGs and logistic regression)
+    and ``zeisel_brain_cells_in_training``: the ``obs_names`` of
     :func:`~schyena_tools.datasets.zeisel_brain` cells that are among its training cells (the two
     releases of the study share 550 cells), to leave out of evaluations.
 
@@ -35,19 +37,20 @@ def zeisel_brain_model_card() -> dict:
 def load_zeisel_brain_model(adata: AnnData | None = None, accelerator: str = "cpu"):
     """A small scHyena pre-trained on full-length mouse brain cells, ready to fine-tune.
 
-    What it is: ``d_model=32``, 2 bidirectional Hyena blocks, a vocabulary of the 19,972 genes of
-    Zeisel et al. (2015), pre-trained by masked expression modelling (no labels) on all the
-    full-length MIT-licensed mouse brain data bundled with the package: the 550 cortex and
-    hippocampus cells of :func:`schyena_tools.datasets.zeisel_brain_all_genes` and the 243
-    midbrain dopaminergic neurons of :func:`schyena_tools.datasets.lamanno_midbrain_dopaminergic`
-    (alternating one epoch on each, 3 rounds), in 21 minutes on 2 shared CPU cores. The other
-    2,455 cells of :func:`~schyena_tools.datasets.zeisel_brain` were left out: they are the
-    evaluation cells of the benchmarks and the annotation tutorial. It is a *small* model
-    trained on *few* cells: a starting point that makes fine-tuning on mouse brain
-    data quicker and better than starting from random weights, not a replacement for
-    pre-training on a large atlas. ``tools/pretrain_bundled_model.py`` reproduces it; the
-    training record is in ``model.phase_history_`` and the figures measured when it was made are
-    in :func:`zeisel_brain_model_card`.
+    What it is: ``d_model=32``, 2 bidirectional Hyena blocks, a vocabulary of 20,149 genes (those
+    measured in at least two of its five training sets, matched ignoring case, Zeisel's genes
+    first), pre-trained by masked expression modelling (no labels) on one corpus
+    (:class:`~schyena_tools.dataloaders.CorpusDataModule`) of every full-length brain data set the
+    package may ship (MIT / BSD): Zeisel 2015 cortex and hippocampus (550 cells), La Manno 2016
+    midbrain (243), Campbell 2017 hypothalamus (200), BICAN human caudate (390) and Hochgerner
+    2018 dentate gyrus (100), 1,483 cells shuffled across the sets in every epoch, on 2 shared CPU
+    cores (:func:`zeisel_brain_model_card` gives the epochs and the time). The other 2,455 cells
+    of :func:`~schyena_tools.datasets.zeisel_brain` were left out: they are the evaluation cells
+    of the benchmarks and the annotation tutorial. It is a *small* model trained on *few* cells:
+    a starting point for fine-tuning on brain data, not a replacement for pre-training on a
+    large atlas. ``tools/pretrain_bundled_model.py`` reproduces it; held-out figures against PCA
+    and logistic regression (``tools/evaluate_bundled_model.py``) are in the card's
+    ``held_out``.
 
     Parameters
     ----------
@@ -55,8 +58,9 @@ def load_zeisel_brain_model(adata: AnnData | None = None, accelerator: str = "cp
         Raw counts to apply it to, any gene panel: genes are matched by name to the model's
         vocabulary (see :meth:`SCHyena.load_query_data`). Register it first with
         ``SCHyena.setup_anndata(adata, labels_key=...)`` to fine-tune a classifier on its
-        labels. When None, the model is returned on the data it was trained on (a fresh
-        :func:`~schyena_tools.datasets.zeisel_brain_all_genes`).
+        labels. When None, the model is returned on a fresh
+        :func:`~schyena_tools.datasets.zeisel_brain_all_genes` (550 of its pre-training cells,
+        genes matched by name).
     accelerator
         Where to put the weights.
 
