@@ -141,6 +141,20 @@ def test_minibatches_hold_each_dataset_in_vocabulary_order(panels, _zeisel):
     assert corpus.summary["vocabulary_genes_measured"].tolist() == [50, 100, 100]
 
 
+def test_reader_processes_give_the_same_minibatches(panels):
+    def minibatches(num_workers):
+        loader = _corpus(panels, num_workers=num_workers).train_dataloader()
+        return [(batch["X"].sum().item(), batch["missing_genes"].sum().item()) for batch in loader]
+
+    assert minibatches(2) == minibatches(0)  # each worker opens the files itself
+    # at most one file open at a time: the same minibatches, files closed and reopened
+    corpus = _corpus(panels)
+    corpus.dataset.max_open_files = 1
+    batches = [(b["X"].sum().item(), b["missing_genes"].sum().item()) for b in corpus.train_dataloader()]
+    assert batches == minibatches(0)
+    assert sum(source._handle is not None for source in corpus.sources) <= 1
+
+
 def test_sampler_shuffles_blocks_each_epoch_and_shards_them_evenly():
     blocks = cut_into_blocks([10, 7], block_size=3)
     assert blocks.tolist() == [[0, 3], [3, 6], [6, 9], [9, 10], [10, 13], [13, 16], [16, 17]]

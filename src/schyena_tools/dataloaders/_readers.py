@@ -32,8 +32,8 @@ class CSRRows:
     """Consecutive rows of an h5ad CSR matrix, three h5py reads per range.
 
     anndata's ``sparse_dataset`` reads the same rows, but its index validation looks up a
-    package version on every call (measured: 22 ms a read, 0.7 ms for this), which capped the
-    corpus reader at ~1,500 cells/s.
+    package version on every call: measured side by side on a loaded 2-core machine, 30 ms per
+    read of 32 cells against 2.2 ms for this.
     """
 
     def __init__(self, group):
