@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ def _key(gene: str, case_insensitive: bool) -> str:
 
 
 def corpus_vocabulary(
-    panels: Sequence[pd.Index],
+    panels: Iterable[pd.Index],
     vocabulary: str | Sequence[str] = "union",
     min_datasets: int | None = None,
     case_insensitive: bool = False,
@@ -56,6 +56,7 @@ def corpus_vocabulary(
     order of first appearance (the first dataset's genes in its order, then each next
     dataset's new genes in its order). With ``case_insensitive``, names that differ only by
     case are one gene, spelled as it first appears. A list of names is used as given.
+    ``panels`` may be a generator: one panel is held at a time.
     """
     if not isinstance(vocabulary, str):
         given = pd.Index([str(gene) for gene in vocabulary], dtype=str)
@@ -71,14 +72,20 @@ def corpus_vocabulary(
     if vocabulary != "union":
         raise ValueError(f"vocabulary must be 'union' or a list of gene names, got {vocabulary!r}.")
     if min_datasets is not None:
-        check_number(min_datasets, "min_datasets", integer=True, minimum=1, maximum=len(panels))
+        check_number(min_datasets, "min_datasets", integer=True, minimum=1)
     counts: dict[str, int] = {}
     spelling: dict[str, str] = {}
+    n_panels = 0
     for panel in panels:
+        n_panels += 1
         for gene in dict.fromkeys(_key(g, case_insensitive) for g in panel):
             counts[gene] = counts.get(gene, 0) + 1
         for gene in panel:
             spelling.setdefault(_key(gene, case_insensitive), gene)
+    if min_datasets is not None and min_datasets > n_panels:
+        raise ValueError(
+            f"min_datasets must be at most the number of datasets ({n_panels}), got {min_datasets}."
+        )
     needed = min_datasets or 1
     genes = pd.Index([spelling[key] for key, n in counts.items() if n >= needed], dtype=str)
     if len(genes) < 2:
@@ -291,19 +298,20 @@ class CorpusDataModule(LightningDataModule):
         if seen.has_duplicates:
             raise ValueError(f"two datasets share the name {seen[seen.duplicated()][0]!r}; pass names=.")
         self.case_insensitive = case_insensitive
+        # One file's gene names in memory at a time (re-read from the file): with hundreds of
+        # files, holding them all cost ~2.5 MB a file.
         self.vocabulary = corpus_vocabulary(
-            [s.var_names for s in self.sources], vocabulary, min_datasets, case_insensitive
+            (s.gene_names() for s in self.sources), vocabulary, min_datasets, case_insensitive
         )
         for source in self.sources:
-            matched = match_genes_to_vocabulary(self.vocabulary, source.var_names, case_insensitive)
-            source.gene_index = source.var_names.get_indexer(matched.fillna("\0").to_numpy()).astype(np.int64)
+            names = source.gene_names()
+            matched = match_genes_to_vocabulary(self.vocabulary, names, case_insensitive)
+            source.gene_index = names.get_indexer(matched.fillna("\0").to_numpy()).astype(np.int64)
             if not (source.gene_index >= 0).any():
                 raise ValueError(
-                    f"{source.name}: none of its {len(source.var_names)} genes (e.g. "
-                    f"{source.var_names[:3].tolist()}) is in the vocabulary "
-                    f"(e.g. {self.vocabulary[:3].tolist()})."
+                    f"{source.name}: none of its {len(names)} genes (e.g. {names[:3].tolist()}) is in the "
+                    f"vocabulary (e.g. {self.vocabulary[:3].tolist()})."
                 )
-            source.var_names = None  # matched: its gene_index is all the corpus needs
         self.batch_size = int(batch_size)
         self.block_size = int(block_size)
         self.buffer_blocks = int(buffer_blocks)

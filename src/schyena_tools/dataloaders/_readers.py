@@ -93,7 +93,7 @@ class CorpusSource:
     n_cells, n_genes
         Its shape.
     var_names
-        Its genes (released once the corpus has matched them to the vocabulary).
+        Its genes, for an in-memory AnnData (``None`` for a file: :meth:`gene_names` reads them).
     gene_index
         Column of this dataset for each vocabulary gene, -1 where it did not measure it (set
         once the vocabulary is known).
@@ -120,6 +120,10 @@ class CorpusSource:
             self._handle, self._matrix = _open_on_disk(self.path, self.layer)
             self._pid = os.getpid()
         return self._matrix
+
+    def gene_names(self) -> pd.Index:
+        """Its genes: kept for an in-memory AnnData, read again from an h5ad file."""
+        return self.var_names if self.var_names is not None else _read_var_names(self.path)
 
     def read_range(self, start: int, stop: int):
         """The counts of cells ``start`` to ``stop`` as stored (sparse CSR or dense), one read."""
@@ -208,6 +212,7 @@ def open_dataset(item, name: str | None, layer: str | None) -> CorpusSource:
         sample = AnnData(X=_checked_cells(source), var=pd.DataFrame(index=var_names))
         check_anndata(sample)
         source.close()
+        source.var_names = None  # read again when needed: hundreds of panels need not stay in memory
     except OSError as error:
         raise ValueError(f"{label}: cannot be read as an h5ad file ({error}).") from error
     except (ValueError, KeyError, TypeError) as error:
