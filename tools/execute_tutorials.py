@@ -38,6 +38,8 @@ NOISE = (
     "already downloaded",
     "from .autonotebook import",
 )
+#: The start of one drawing of a tqdm bar ("Embedding:  40%|").
+BAR_STATE = re.compile(r"[A-Z][\w ,:-]*?:\s+\d+%\|")
 #: Absolute paths of the machine that ran the notebook (its working folder, the checkout, home).
 LOCAL_PATH = re.compile(
     r"(/tmp/schyena_tutorial_[^/\s]*/|/work/[^\s'\"]*/|/root/[^\s'\"]*/|/home/[^\s'\"]*/)"
@@ -46,7 +48,9 @@ LOCAL_PATH = re.compile(
 
 def _tidy_text(text: str) -> str:
     kept, skip_source = [], False
-    for line in text.splitlines(keepends=True):
+    # split on newlines only: str.splitlines would also split at the "\r" of a redrawn bar
+    parts = text.split("\n")
+    for line in [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else []):
         if any(marker in line for marker in NOISE):
             # a Python warning is followed by the indented source line that raised it
             skip_source = "Warning" in line or "site-packages" in line
@@ -56,6 +60,9 @@ def _tidy_text(text: str) -> str:
         skip_source = False
         if "\r" in line:  # a progress bar redrawn in place: keep its final state only
             line = line.rsplit("\r", 1)[-1]
+        states = list(BAR_STATE.finditer(line))
+        if len(states) > 1:  # redraws whose "\r" an earlier tidy dropped: the last one
+            line = line[states[-1].start() :]
         kept.append(LOCAL_PATH.sub("", line))
     return "".join(kept)
 
@@ -63,8 +70,20 @@ def _tidy_text(text: str) -> str:
 def tidy(nb) -> None:
     """Drop other libraries' log lines and local paths from the stored stream outputs."""
     for cell in nb.cells:
-        outputs = []
+        merged = []  # a progress bar arrives as one stream output per redraw: join them first
         for output in cell.get("outputs", []):
+            previous = merged[-1] if merged else None
+            if (
+                output.get("output_type") == "stream"
+                and previous is not None
+                and previous.get("output_type") == "stream"
+                and previous.get("name") == output.get("name")
+            ):
+                previous["text"] = previous.get("text", "") + output.get("text", "")
+            else:
+                merged.append(output)
+        outputs = []
+        for output in merged:
             if output.get("output_type") == "stream":
                 output["text"] = _tidy_text(output.get("text", ""))
                 if not output["text"].strip():
