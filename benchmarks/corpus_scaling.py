@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--loader-batches", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kinds", nargs="+", default=["loader", "train"])
-    parser.add_argument("--out", type=Path, default=DOCS / "corpus_scaling")
+    parser.add_argument("--out", type=Path, default=DOCS / "corpus_scaling_results")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--amount", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)

@@ -50,6 +50,8 @@ exclude_patterns = [
     ".DS_Store",
     "**.ipynb_checkpoints",
     "benchmarks/downstream_table.md",
+    "benchmarks/bundled_model_table.md",
+    "benchmarks/corpus_scaling_results.md",
 ]
 
 # myst / myst-nb
