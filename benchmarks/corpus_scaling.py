@@ -2,7 +2,7 @@
 
 One command from a checkout with ``../shared/data`` beside it (``SCHYENA_DATA`` overrides)::
 
-    python benchmarks/corpus_scaling.py        # 10k, 100k, 1M cells; ~25 min, ~6 GB in --workdir
+    python benchmarks/corpus_scaling.py        # 10k, 100k, 1M cells; ~30 min, ~6 GB in --workdir
 
 The corpus is made of real cells: files of 10,000 cells each, every file resampled (with
 replacement) from one of the five full-length brain sets that may be shipped (Zeisel 550, La
@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--cells-per-file", type=int, default=10_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/schyena_corpus_bench"))
-    parser.add_argument("--steps", type=int, default=10, help="training steps per size")
+    parser.add_argument("--steps", type=int, default=4, help="training steps per size")
     parser.add_argument("--loader-batches", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kinds", nargs="+", default=["loader", "train"])
