@@ -205,10 +205,10 @@ class CorpusDataModule(LightningDataModule):
     Parameters
     ----------
     datasets
-        h5ad paths or AnnData objects, each with its own genes and cells. Files are read in
-        minibatches (memory is bounded by the minibatch, the open files and their row
-        pointers, not by the number of cells); an AnnData is read from memory (a file-backed
-        one from its file).
+        h5ad paths or AnnData objects, each with its own genes and cells. Files are read from
+        disk in blocks of consecutive cells (memory is bounded by a small cache of blocks and
+        at most 32 open files, not by the number of cells or files); an AnnData is read from
+        memory (a file-backed one from its file).
     layer
         Layer holding the raw counts, for every dataset, or one entry per dataset; ``None``
         uses ``X``.
