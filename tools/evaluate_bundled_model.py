@@ -98,14 +98,13 @@ def few_shot_split(labels: np.ndarray, per_class: int, seed: int = 0):
     return np.sort(train), np.sort(test)
 
 
-def model_figures(folder: Path, adata: ad.AnnData, case_insensitive: bool, train, test) -> dict:
-    """Zero-shot 10-NN agreement and few-shot macro-F1 of the model in ``folder`` on ``adata``."""
+def model_figures(reference, adata: ad.AnnData, case_insensitive: bool, train, test) -> dict:
+    """Zero-shot 10-NN agreement and few-shot macro-F1 of the ``reference`` model on ``adata``."""
     data = adata.copy()
     labels = data.obs["label"].to_numpy()
     data.obs["fewshot"] = "Unknown"
     data.obs.iloc[train, data.obs.columns.get_loc("fewshot")] = labels[train]
     st.SCHyena.setup_anndata(data, labels_key="fewshot", unlabeled_category="Unknown")
-    reference = st.pretrained.load_model(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model = st.SCHyena.load_query_data(data, reference, case_insensitive=case_insensitive)
@@ -145,7 +144,9 @@ def main() -> None:
     training_cells = card["zeisel_brain_cells_in_training"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        previous = previous_model(args.previous_commit, Path(tmp) / "previous")
+        # each model read from disk once; every set gets its own query model from it
+        new_model = st.pretrained.load_model(args.model)
+        previous = st.pretrained.load_model(previous_model(args.previous_commit, Path(tmp) / "previous"))
         for name, file, label, case_insensitive, dropped in HELD_OUT:
             adata = held_out_set(file, label, dropped, args.max_cells, training_cells)
             labels = adata.obs["label"].to_numpy()
@@ -159,7 +160,7 @@ def main() -> None:
                 "labelled": len(train),
                 "pca_knn10": round(embedding_label_agreement(pca_of_hvgs(adata), labels), 3),
                 "lr_fewshot_macro_f1": round(f1_score(labels[test], lr, average="macro"), 3),
-                "new": model_figures(args.model, adata, case_insensitive, train, test),
+                "new": model_figures(new_model, adata, case_insensitive, train, test),
                 "previous": model_figures(previous, adata, case_insensitive, train, test),
             }
             print(json.dumps(row), flush=True)

@@ -128,6 +128,11 @@ class CorpusDataset(Dataset):
         self.offsets = np.cumsum([0] + [s.n_cells for s in self.sources])
         self._cache: OrderedDict = OrderedDict()
         self._open: OrderedDict = OrderedDict()
+        # Per dataset, once: vocabulary positions it measured, its columns for them, its missing mask.
+        self._layout = []
+        for source in self.sources:
+            measured = np.flatnonzero(source.gene_index >= 0)
+            self._layout.append((measured, source.gene_index[measured], source.gene_index < 0))
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -180,12 +185,11 @@ class CorpusDataset(Dataset):
         missing = np.zeros((len(indices), self.vocabulary_size), dtype=bool)
         library = np.zeros((len(indices), 1), dtype=np.float32)
         for d in np.unique(which):
-            source = self.sources[d]
+            measured, columns, not_measured = self._layout[d]
             positions = np.flatnonzero(which == d)
             rows = self._rows(d, indices[positions] - self.offsets[d])
-            measured = np.flatnonzero(source.gene_index >= 0)
-            counts[np.ix_(positions, measured)] = rows[:, source.gene_index[measured]]
-            missing[positions] = source.gene_index < 0
+            counts[np.ix_(positions, measured)] = rows[:, columns]
+            missing[positions] = not_measured
             library[positions, 0] = rows.sum(axis=1)
         return {
             REGISTRY_KEYS.X_KEY: torch.from_numpy(counts),
@@ -322,12 +326,13 @@ class CorpusDataModule(LightningDataModule):
         self.dataset = CorpusDataset(
             self.sources, len(self.vocabulary), self.block_size, 2 * self.buffer_blocks
         )
+        self.blocks = cut_into_blocks([s.n_cells for s in self.sources], self.block_size)
         self.train_blocks, self.val_blocks = self._split()
         self.n_train = int((self.train_blocks[:, 1] - self.train_blocks[:, 0]).sum())
         self.n_val = int((self.val_blocks[:, 1] - self.val_blocks[:, 0]).sum())
 
     def _split(self) -> tuple[np.ndarray, np.ndarray]:
-        blocks = cut_into_blocks([s.n_cells for s in self.sources], self.block_size)
+        blocks = self.blocks
         if self.train_size >= 1.0:
             return blocks, blocks[:0]
         if len(blocks) < 2:
@@ -410,9 +415,8 @@ class CorpusDataModule(LightningDataModule):
         """About ``n_cells`` cells in whole blocks spread evenly over the corpus (for a
         data-dependent start), in their order.
         """
-        blocks = cut_into_blocks([s.n_cells for s in self.sources], self.block_size)
-        n_blocks = min(len(blocks), math.ceil(n_cells / self.block_size))
-        chosen = blocks[np.unique(np.linspace(0, len(blocks) - 1, n_blocks).astype(np.int64))]
+        n_blocks = min(len(self.blocks), math.ceil(n_cells / self.block_size))
+        chosen = self.blocks[np.unique(np.linspace(0, len(self.blocks) - 1, n_blocks).astype(np.int64))]
         cells = np.concatenate([np.arange(start, stop) for start, stop in chosen])
         return DataLoader(
             self.dataset,
