@@ -233,6 +233,8 @@ class TrainingMixin:
         batch_size: int | None = None,
         mask_ratio: float = 0.15,
         zero_mask_ratio: float | None = None,
+        depth_augmentation: float | None = None,
+        consistency_weight: float = 1.0,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float | None = 0.9,
@@ -263,6 +265,16 @@ class TrainingMixin:
             Fraction of non-zero values hidden per cell.
         zero_mask_ratio
             Fraction of zero values hidden per cell; default ``mask_ratio / 10``.
+        depth_augmentation
+            Depth augmentation: every training minibatch also holds a binomially thinned copy of
+            each cell (each count kept with a per-cell probability drawn from
+            ``[depth_augmentation, 1]``, e.g. 0.2), whose cell embedding is trained to describe
+            the original cell and to lie close to the original's (see
+            :meth:`~schyena_tools.module.SCHyenaModule.masked_expression_loss`). Aims the
+            embedding at cell identity rather than sequencing depth; a step costs twice as much.
+            ``None``: off.
+        consistency_weight
+            Weight of that consistency term (with ``depth_augmentation`` only).
         accelerator, devices
             Where to train, as in Lightning (``"cpu"``, ``"gpu"``, ``"auto"``).
         train_size, validation_size
@@ -321,6 +333,12 @@ class TrainingMixin:
         zero_mask_ratio = mask_ratio / 10 if zero_mask_ratio is None else zero_mask_ratio
         if not 0.0 <= zero_mask_ratio < 1.0:
             raise ValueError(f"zero_mask_ratio must be in [0, 1), got {zero_mask_ratio}")
+        if depth_augmentation is not None and not 0.0 < depth_augmentation < 1.0:
+            raise ValueError(
+                f"depth_augmentation must be between 0 and 1 (the smallest fraction of counts a thinned "
+                f"copy keeps), or None; got {depth_augmentation}"
+            )
+        check_number(consistency_weight, "consistency_weight", minimum=0)
         check_phase_arguments(max_epochs, batch_size, plan_kwargs)
         corpus = datamodule if datamodule is not None else getattr(self, "_corpus", None)
         if corpus is None:
@@ -349,6 +367,13 @@ class TrainingMixin:
                 self._initialize_from_data(show_progress=show_progress)
             else:
                 self._initialize_from_corpus(corpus, show_progress=show_progress)
+        plan = dict(plan_kwargs or {})
+        if depth_augmentation is not None:
+            plan = {
+                "augment_kwargs": {"depth_augmentation": depth_augmentation},
+                "consistency_weight": consistency_weight,
+                **plan,
+            }
         return self._train_phase(
             "pretrain",
             inference_kwargs={"mask_ratio": mask_ratio, "zero_mask_ratio": zero_mask_ratio},
@@ -359,7 +384,7 @@ class TrainingMixin:
             train_size=train_size,
             validation_size=validation_size,
             early_stopping=early_stopping,
-            plan_kwargs=plan_kwargs,
+            plan_kwargs=plan,
             datasplitter_kwargs=datasplitter_kwargs,
             checkpoint_dir=checkpoint_dir,
             resume_from=resume_from,

@@ -89,6 +89,26 @@ def sample_expression_mask(
     return masked
 
 
+def add_thinned_copies(
+    counts: torch.Tensor, library: torch.Tensor | None, min_keep: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Append one binomially thinned copy of each cell: the same cell, sequenced less deeply.
+
+    Each cell's counts are thinned by keeping every molecule independently with one probability
+    per cell, drawn uniformly from ``[min_keep, 1]`` (binomial thinning is what a shallower
+    sequencing of the same library gives). Returns the ``(2 * cells, genes)`` counts, originals
+    first, and the library sizes of both halves (a copy's library scaled by the fraction of its
+    counts kept; ``None`` stays ``None``).
+    """
+    keep = torch.empty(counts.shape[0], 1, device=counts.device).uniform_(min_keep, 1.0)
+    thinned = torch.binomial(counts, keep.expand_as(counts).contiguous())
+    if library is not None:
+        library = library.reshape(-1, 1).to(counts)
+        kept = thinned.sum(1, keepdim=True) / counts.sum(1, keepdim=True).clamp_min(1e-8)
+        library = torch.cat([library, library * kept])
+    return torch.cat([counts, thinned]), library
+
+
 def add_artificial_doublets(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Append one artificial doublet per cell: the summed counts of two different cells.
 
@@ -255,6 +275,7 @@ class SCHyenaModule(BaseModuleClass):
         mask_zeros: bool = False,
         zero_score_ratio: float | None = None,
         add_doublets: bool = False,
+        depth_augmentation: float | None = None,
     ) -> dict:
         """Normalise, align to the vocabulary, optionally mask, and encode.
 
@@ -293,10 +314,22 @@ class SCHyenaModule(BaseModuleClass):
             Doublet-detector training: append one artificial doublet per cell to the minibatch
             (:func:`add_artificial_doublets`); the outputs then cover ``2 * cells`` rows and
             ``doublet_targets`` says which are doublets.
+        depth_augmentation
+            Pre-training: append a binomially thinned copy of each cell, keeping each count with
+            a per-cell probability drawn from ``[depth_augmentation, 1]``
+            (:func:`add_thinned_copies`). The outputs cover ``2 * cells`` rows, originals first;
+            ``n_originals`` says where the copies start (the loss ties each copy's embedding to
+            its original's). ``None``: no copies.
 
         """
         counts = counts.float()
         doublet_targets = None
+        n_originals = None
+        if depth_augmentation is not None:
+            n_originals = counts.shape[0]
+            if missing_genes is not None:
+                missing_genes = torch.cat([missing_genes, missing_genes])
+            counts, library_size = add_thinned_copies(counts, library_size, depth_augmentation)
         if add_doublets:
             counts, doublet_targets = add_artificial_doublets(counts)
         log_depth = torch.log1p(counts.sum(dim=1))
@@ -338,6 +371,8 @@ class SCHyenaModule(BaseModuleClass):
         }
         if doublet_targets is not None:
             result["doublet_targets"] = doublet_targets
+        if n_originals is not None:
+            result["n_originals"] = n_originals
         if dropped is not None:
             dropped_aligned, _ = self.align_to_vocabulary(dropped.float())
             targets_aligned, _ = self.align_to_vocabulary(dropout_targets)
@@ -372,14 +407,17 @@ class SCHyenaModule(BaseModuleClass):
         generative_outputs,
         objective: str = "pretrain",
         label_smoothing: float = 0.0,
+        consistency_weight: float = 1.0,
         **kwargs,
     ) -> LossOutput:
         """Loss of the training ``objective``: ``"pretrain"``, ``"classify"``, ``"impute"`` or ``"doublet"``.
 
-        ``label_smoothing`` applies to ``"classify"`` (see :func:`torch.nn.functional.cross_entropy`).
+        ``label_smoothing`` applies to ``"classify"`` (see :func:`torch.nn.functional.cross_entropy`);
+        ``consistency_weight`` to ``"pretrain"`` with depth augmentation (see
+        :meth:`masked_expression_loss`).
         """
         if objective == "pretrain":
-            return self.masked_expression_loss(inference_outputs)
+            return self.masked_expression_loss(inference_outputs, consistency_weight)
         if objective == "classify":
             return self.classification_loss(tensors, inference_outputs, label_smoothing)
         if objective == "impute":
@@ -389,7 +427,7 @@ class SCHyenaModule(BaseModuleClass):
         raise ValueError(f"unknown training objective {objective!r}; expected one of {OBJECTIVES}")
 
     @staticmethod
-    def masked_expression_loss(inference_outputs: dict) -> LossOutput:
+    def masked_expression_loss(inference_outputs: dict, consistency_weight: float = 1.0) -> LossOutput:
         """Masked expression modelling loss, per cell, on the log-normalised scale.
 
         The sum of two mean squared errors: the per-gene head on the masked entries (the
@@ -397,6 +435,14 @@ class SCHyenaModule(BaseModuleClass):
         cell embedding summarises the whole cell; see
         :class:`~schyena_tools.nn.CellExpressionHead`). Both are logged separately as
         ``masked_mse`` and ``cell_mse``.
+
+        With depth augmentation (``n_originals`` in the outputs, from ``depth_augmentation`` of
+        :meth:`inference`), a thinned copy's cell head is scored against its *original's*
+        values (the embedding of a shallow read of a cell should describe the cell), and
+        ``consistency_weight`` times a consistency term is added: the squared distance between
+        a copy's embedding and its original's, divided by the minibatch's mean squared distance
+        of embeddings from their mean (scale-free, so it cannot be lowered by shrinking every
+        embedding; logged as ``consistency``). Copies count as cells of the minibatch.
         """
         masked = inference_outputs["masked"]
         if masked is None:
@@ -408,10 +454,24 @@ class SCHyenaModule(BaseModuleClass):
 
         missing = inference_outputs["missing"]
         measured = torch.ones_like(values) if missing is None else (~missing).expand_as(values).float()
-        cell_error = F.mse_loss(inference_outputs["cell_predicted_expression"], values, reduction="none")
+        n_originals = inference_outputs.get("n_originals")
+        cell_targets = values
+        if n_originals is not None:
+            cell_targets = torch.cat([values[:n_originals], values[:n_originals]])
+        cell_error = F.mse_loss(
+            inference_outputs["cell_predicted_expression"], cell_targets, reduction="none"
+        )
         cell_mse = (cell_error * measured).sum(1) / measured.sum(1).clamp_min(1.0)
 
         per_cell = masked_mse + cell_mse
+        extra = {}
+        if n_originals is not None:
+            embedding = inference_outputs["cell_embedding"]
+            spread = (embedding - embedding.mean(0)).pow(2).sum(1).mean().clamp_min(1e-8)
+            distance = (embedding[:n_originals] - embedding[n_originals:]).pow(2).sum(1) / spread
+            consistency = torch.cat([distance, distance])  # both rows of a pair share it
+            per_cell = per_cell + consistency_weight * consistency
+            extra["consistency"] = distance.mean().detach()
         return LossOutput(
             loss=per_cell.mean(),
             reconstruction_loss=per_cell,
@@ -419,6 +479,7 @@ class SCHyenaModule(BaseModuleClass):
                 "masked_mse": masked_mse.mean().detach(),
                 "cell_mse": cell_mse.mean().detach(),
                 "masked_fraction": masked_weights.mean().detach(),
+                **extra,
             },
         )
 
