@@ -7,7 +7,8 @@ HVGs) and trails PCA in 10-NN label agreement. This study pre-trains the same ne
 without depth augmentation (``SCHyena.train(depth_augmentation=..., consistency_weight=...)``:
 every minibatch also holds a binomially thinned copy of each cell, whose embedding is trained
 to describe the original and to lie close to it), and scores the embeddings beside PCA of
-2,000 HVGs: 10-NN agreement, scib-metrics bio-conservation, and how well a linear fit on the
+2,000 HVGs, variants of PCA (unscaled, every gene, 32 components) and the bundled model with and
+without its depth direction: 10-NN agreement, scib-metrics bio-conservation, and how well a linear fit on the
 embedding predicts log depth.
 
 Run ``python benchmarks/embedding_depth.py`` (both sets; ``--set NAME`` runs one, so two can
@@ -58,6 +59,51 @@ def depth_r2(embedding: np.ndarray, log_depth: np.ndarray) -> float:
     return float(fit.score(embedding, log_depth))
 
 
+def reference_embeddings(adata, case_insensitive: bool = False) -> dict[str, np.ndarray]:
+    """Embeddings that need no pre-training: PCA variants and the bundled model, as is and without depth.
+
+    PCA (50 components, or 32 = the network's width) of the log-normalised profile
+    (normalise to 1e4, ``log1p``), of the 2,000 HVGs (Seurat v3 on counts) or of every gene,
+    scaled (each gene to unit variance, clipped at 10) or not; the bundled model read through
+    ``load_query_data``, and the same with its linear fit on log depth subtracted.
+    """
+    import scanpy as sc
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LinearRegression
+
+    import schyena_tools as st
+
+    counts = adata.X.toarray().astype(np.float64)
+    log_norm = np.log1p(counts / counts.sum(1, keepdims=True).clip(1e-8) * 1e4)
+    hvg = sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat_v3", inplace=False)
+    hvg = hvg["highly_variable"].to_numpy()
+
+    def pca(matrix, scale, n_comps=50):
+        matrix = matrix[:, matrix.std(0) > 0] - matrix[:, matrix.std(0) > 0].mean(0)
+        if scale:
+            matrix = np.clip(matrix / matrix.std(0), -10, 10)
+        return PCA(min(n_comps, matrix.shape[0] - 1), random_state=0).fit_transform(matrix)
+
+    out = {
+        "PCA, 2,000 HVG, unscaled": pca(log_norm[:, hvg], False),
+        "PCA, every gene, scaled": pca(log_norm, True),
+        "PCA, every gene, unscaled": pca(log_norm, False),
+        "PCA, every gene, unscaled, 32 components": pca(log_norm, False, 32),
+    }
+    query = adata.copy()
+    st.SCHyena.setup_anndata(query)
+    model = st.SCHyena.load_query_data(
+        query, st.pretrained.load_zeisel_brain_model(), case_insensitive=case_insensitive
+    )
+    bundled = model.get_latent_representation(batch_size=BATCH, progress_bar=False)
+    log_depth = np.log1p(counts.sum(1))[:, None]
+    fit = LinearRegression().fit(log_depth, bundled)
+    out["bundled model (zero-shot)"] = bundled
+    out["bundled model, log depth regressed out"] = bundled - fit.predict(log_depth)
+    out["log depth alone"] = log_depth
+    return out
+
+
 def write_rows(rows: list[dict]) -> None:
     """Replace this run's (set, method) rows in the CSV; safe with a run of another set beside it."""
     with open(OUT.with_suffix(".lock"), "w") as lock:
@@ -84,7 +130,8 @@ def run_set(name: str, variants: list[str]) -> None:
     counts = adata.X
     log_depth = np.log1p(np.asarray(counts.sum(1)).ravel())
     embeddings = {"PCA of 2,000 HVG": es.pca_of_hvgs(adata)}
-    info = {"PCA of 2,000 HVG": {}}
+    embeddings |= reference_embeddings(adata)
+    info = {name: {} for name in embeddings}
     for variant in variants:
         scvi.settings.seed = downstream.SEED
         torch.manual_seed(downstream.SEED)
@@ -112,7 +159,7 @@ def run_set(name: str, variants: list[str]) -> None:
             method=method,
             cells=adata.n_obs,
             genes=adata.n_vars,
-            epochs=None if method.startswith("PCA") else EPOCHS,
+            epochs=EPOCHS if method.startswith("scHyena") else None,
             **scores[method],
             depth_r2=depth_r2(embeddings[method], log_depth),
             **info[method],
@@ -129,7 +176,9 @@ def main():
     )
     parser.add_argument("--set", choices=list(SETS), default=None, help="one tuning set (default: both)")
     parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants"
+        "--variants",
+        default=",".join(VARIANTS),
+        help='comma-separated subset of the variants ("": only the rows without pre-training, minutes)',
     )
     args = parser.parse_args()
     import torch
@@ -140,7 +189,7 @@ def main():
     for noisy in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     for name in [args.set] if args.set else list(SETS):
-        run_set(name, args.variants.split(","))
+        run_set(name, [v for v in args.variants.split(",") if v])
 
 
 if __name__ == "__main__":
