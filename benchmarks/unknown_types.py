@@ -102,6 +102,26 @@ def rank_score(reference: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.searchsorted(own, _kth_neighbour_distance(ref, q, UNKNOWN_NEIGHBOURS, False)) / len(own)
 
 
+def default_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int):
+    """``train_classifier``'s default probe on ``features``: weights, bias and out-of-fold logits.
+
+    The early-stopped path (``probe_iterations="cv"``): the number of L-BFGS iterations with the
+    best out-of-fold macro-F1 (seed 0, as ``scvi.settings.seed`` in :func:`main`), then the fit
+    on all cells stopped there; the out-of-fold logits at that number feed the temperature and
+    the unknown-type reference, as in the package.
+    """
+    from schyena_tools.model._linear_readout import (
+        PROBE_ITERATION_GRID,
+        choose_probe_iterations,
+        logistic_path,
+    )
+
+    iterations, out_of_fold = choose_probe_iterations(features, labels, n_classes, 1.0, seed=0)
+    steps = tuple(g for g in PROBE_ITERATION_GRID if g <= iterations)
+    weight, bias = logistic_path(features, labels, n_classes, 1.0, steps)[-1]
+    return weight, bias, out_of_fold
+
+
 def one_split(emb, vals, labels, train, test, left_out, pca):
     """Fit the default probe without ``left_out`` and score the held-out cells."""
     from schyena_tools.model._confidence import (
@@ -111,12 +131,7 @@ def one_split(emb, vals, labels, train, test, left_out, pca):
         project,
         unknown_scores,
     )
-    from schyena_tools.model._linear_readout import (
-        cross_fitted_logits,
-        readout_features,
-        set_readout_standardization,
-        solve_logistic,
-    )
+    from schyena_tools.model._linear_readout import readout_features, set_readout_standardization
     from schyena_tools.nn import CellTypeClassifier
 
     fit = train[labels[train] != left_out]
@@ -127,8 +142,7 @@ def one_split(emb, vals, labels, train, test, left_out, pca):
     e, v = torch.from_numpy(emb), torch.from_numpy(vals)
     set_readout_standardization(head, e[fit], v[fit], None)
     features = readout_features(head, e[fit], v[fit], None)
-    weight, bias, _ = solve_logistic(features, y_fit, len(classes), 1.0)
-    out_of_fold = cross_fitted_logits(features, y_fit, len(classes), 1.0, seed=0, init=(weight, bias))
+    weight, bias, out_of_fold = default_probe(features, y_fit, len(classes))
     temperature = fit_temperature(out_of_fold, y_fit)
     test_features = readout_features(head, e[test], v[test], None)
     test_logits = (test_features @ weight.T + bias).double()
@@ -170,11 +184,7 @@ def api_check(query, emb, vals, labels, train, test, left_out) -> float:
     """One split, on 300 training and 100 held-out cells, through ``train_classifier`` / ``predict``
     and through the feature path of :func:`one_split`: the largest difference of probabilities."""
     import schyena_tools as st
-    from schyena_tools.model._linear_readout import (
-        readout_features,
-        set_readout_standardization,
-        solve_logistic,
-    )
+    from schyena_tools.model._linear_readout import readout_features, set_readout_standardization
     from schyena_tools.nn import CellTypeClassifier
 
     fit = train[labels[train] != left_out][:300]
@@ -184,7 +194,7 @@ def api_check(query, emb, vals, labels, train, test, left_out) -> float:
     head = CellTypeClassifier(emb.shape[1], vals.shape[1], len(classes))
     e, v = torch.from_numpy(emb), torch.from_numpy(vals)
     set_readout_standardization(head, e[fit], v[fit], None)
-    weight, bias, _ = solve_logistic(readout_features(head, e[fit], v[fit], None), y_fit, len(classes), 1.0)
+    weight, bias, _ = default_probe(readout_features(head, e[fit], v[fit], None), y_fit, len(classes))
     expected = torch.softmax(readout_features(head, e[test], v[test], None) @ weight.T + bias, 1).numpy()
 
     cells = np.concatenate([fit, test])
