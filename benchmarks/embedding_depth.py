@@ -22,6 +22,7 @@ import argparse
 import fcntl
 import logging
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -106,7 +107,7 @@ def reference_embeddings(adata, case_insensitive: bool = False) -> dict[str, np.
 
 def write_rows(rows: list[dict]) -> None:
     """Replace this run's (set, method) rows in the CSV; safe with a run of another set beside it."""
-    with open(OUT.with_suffix(".lock"), "w") as lock:
+    with open(Path(tempfile.gettempdir()) / "schyena_embedding_depth.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         new = pd.DataFrame(rows)
         if OUT.exists():
