@@ -19,10 +19,8 @@ run side by side; about 30 minutes a set on one CPU core). Rows go to
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +31,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _embedding_scores as es  # noqa: E402
 import downstream  # noqa: E402
+from _results_csv import replace_rows  # noqa: E402
 
 SETS = {
     "Campbell 2017": ("campbell2017_sctk/campbell2017_sctk.h5ad", "clust_all"),
@@ -107,16 +106,7 @@ def reference_embeddings(adata, case_insensitive: bool = False) -> dict[str, np.
 
 def write_rows(rows: list[dict]) -> None:
     """Replace this run's (set, method) rows in the CSV; safe with a run of another set beside it."""
-    with open(Path(tempfile.gettempdir()) / "schyena_embedding_depth.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        new = pd.DataFrame(rows)
-        if OUT.exists():
-            old = pd.read_csv(OUT)
-            keep = ~old.set_index(["dataset", "method"]).index.isin(
-                new.set_index(["dataset", "method"]).index
-            )
-            new = pd.concat([old[keep], new], ignore_index=True)
-        new.to_csv(OUT, index=False)
+    replace_rows(OUT, rows, ["dataset", "method"])
 
 
 def run_set(name: str, variants: list[str]) -> None:
