@@ -51,6 +51,7 @@ exclude_patterns = [
     "**.ipynb_checkpoints",
     "benchmarks/downstream_table.md",
     "benchmarks/bundled_model_table.md",
+    "benchmarks/bundled_model_sweep_table.md",
     "benchmarks/corpus_scaling_results.md",
 ]
 
