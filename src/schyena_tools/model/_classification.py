@@ -202,8 +202,10 @@ class ClassificationMixin:
             training cells is best (early stopping regularises a path started at zero; on
             inner validation splits of four transfer targets it beat the probe fitted to
             convergence, e.g. La Manno macro-F1 0.68 vs 0.43; fine-tuning recipe page, round
-            8); the chosen number is ``model.probe_iterations_``. An integer: at most that
-            many iterations (500: to convergence, the previous default).
+            8; on the downstream benchmark's held-out folds it lifts three of four transfer
+            targets by 0.01-0.05 and costs 0.008 on Zeisel's 7 classes, 0.943 vs 0.950); the
+            chosen number is ``model.probe_iterations_``. An integer: at most that many
+            iterations (500: to convergence, the previous default).
         calibrate
             Fit a temperature that makes the confidences of :meth:`predict` calibrated
             (temperature scaling; the labels do not change): on the probe's out-of-fold
