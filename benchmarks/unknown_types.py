@@ -105,20 +105,12 @@ def rank_score(reference: np.ndarray, query: np.ndarray) -> np.ndarray:
 def default_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int):
     """``train_classifier``'s default probe on ``features``: weights, bias and out-of-fold logits.
 
-    The early-stopped path (``probe_iterations="cv"``): the number of L-BFGS iterations with the
-    best out-of-fold macro-F1 (seed 0, as ``scvi.settings.seed`` in :func:`main`), then the fit
-    on all cells stopped there; the out-of-fold logits at that number feed the temperature and
-    the unknown-type reference, as in the package.
+    The package's own early-stopped fit (seed 0, as ``scvi.settings.seed`` in :func:`main`); the
+    out-of-fold logits feed the temperature and the unknown-type reference, as in the package.
     """
-    from schyena_tools.model._linear_readout import (
-        PROBE_ITERATION_GRID,
-        choose_probe_iterations,
-        logistic_path,
-    )
+    from schyena_tools.model._linear_readout import early_stopped_probe
 
-    iterations, out_of_fold = choose_probe_iterations(features, labels, n_classes, 1.0, seed=0)
-    steps = tuple(g for g in PROBE_ITERATION_GRID if g <= iterations)
-    weight, bias = logistic_path(features, labels, n_classes, 1.0, steps)[-1]
+    _, weight, bias, out_of_fold = early_stopped_probe(features, labels, n_classes, 1.0, seed=0)
     return weight, bias, out_of_fold
 
 

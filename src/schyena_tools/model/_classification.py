@@ -17,10 +17,8 @@ from schyena_tools.validation import check_number
 from ._checkpoint import RestoreBestWeights
 from ._confidence import fit_temperature, fit_unknown_reference, project, unknown_scores
 from ._linear_readout import (
-    PROBE_ITERATION_GRID,
-    choose_probe_iterations,
     cross_fitted_logits,
-    logistic_path,
+    early_stopped_probe,
     probe_cells,
     readout_features,
     set_readout_standardization,
@@ -378,12 +376,9 @@ class ClassificationMixin:
         del expression
         logits = None
         if iterations == "cv" and len(cells) >= 10:
-            # the fit on all cells follows the same path as the folds' and stops where they did
-            iterations, logits = choose_probe_iterations(
+            iterations, weight, bias, logits = early_stopped_probe(
                 features, labels, head.out_features, penalty, seed=settings.seed
             )
-            steps = tuple(g for g in PROBE_ITERATION_GRID if g <= iterations)
-            weight, bias = logistic_path(features, labels, head.out_features, penalty, steps)[-1]
         else:
             iterations = PROBE_CONVERGED if iterations == "cv" else iterations  # too few to choose
             weight, bias, _ = solve_logistic(

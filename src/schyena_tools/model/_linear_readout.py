@@ -175,6 +175,20 @@ def choose_probe_iterations(
     return grid[best], logits[best]
 
 
+def early_stopped_probe(
+    features: torch.Tensor, labels: torch.Tensor, n_classes: int, penalty: float, seed: int = 0
+) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The default probe (``probe_iterations="cv"``): iterations, weight, bias, out-of-fold logits.
+
+    :func:`choose_probe_iterations` picks the stop; the fit on all cells then follows the same
+    path as the folds' (:func:`logistic_path` over the grid up to it) and stops there.
+    """
+    iterations, out_of_fold = choose_probe_iterations(features, labels, n_classes, penalty, seed=seed)
+    steps = tuple(g for g in PROBE_ITERATION_GRID if g <= iterations)
+    weight, bias = logistic_path(features, labels, n_classes, penalty, steps)[-1]
+    return iterations, weight, bias, out_of_fold
+
+
 def readout_features(
     head: CellTypeClassifier,
     cell_embedding: torch.Tensor,
