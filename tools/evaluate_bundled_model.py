@@ -143,7 +143,7 @@ def previous_model(commit: str, into: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
-    parser.add_argument("--previous-commit", default="36cd657")
+    parser.add_argument("--previous-commit", default="fbf90d9")
     parser.add_argument("--max-cells", type=int, default=1200)
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "bundled_model.md")
