@@ -53,6 +53,7 @@ MODES = {
         small_finetune_epochs=2,
         imputer_epochs=1,
         imputation_cells=300,
+        imputation_seeds=1,
         scvi_epochs=10,
         scanvi_epochs=5,
         ablation_folds=0,
@@ -71,6 +72,7 @@ MODES = {
         small_finetune_epochs=None,
         imputer_epochs=None,  # train_imputer's default recipe
         imputation_cells=1000,
+        imputation_seeds=3,
         scvi_epochs=20,
         scanvi_epochs=5,
         ablation_folds=0,
@@ -87,6 +89,7 @@ MODES = {
         small_finetune_epochs=15,
         imputer_epochs=5,
         imputation_cells=None,
+        imputation_seeds=5,
         scvi_epochs=100,
         scanvi_epochs=20,
         ablation_folds=5,
@@ -250,6 +253,8 @@ def classification_rows(results, task, dataset, target, labels, splits, methods:
 
 
 def run(settings: dict, mode: str):
+    import scvi
+
     import schyena_tools as st
 
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -453,17 +458,18 @@ def run(settings: dict, mode: str):
     log_observed = baselines.log_normalize(observed.X)
     imputations = {}
 
-    def score(name, imputed, seconds):
+    def score(name, imputed, seconds, seed=0):
         imputed = np.asarray(imputed, dtype=np.float64)
         pred, true = imputed[mask], truth[mask]
-        imputations[name] = imputed
+        if seed == 0:  # the figure shows the first seed
+            imputations[name] = imputed
         results.add(
             task="imputation",
             dataset="Zeisel 3005",
             target=f"10% of non-zeros hidden, {len(cells)} cells",
             method=name,
             genes=f"{N_HVG} HVG",
-            fold=0,
+            fold=seed,
             pearson_r=float(np.corrcoef(pred, true)[0, 1]),
             mse=float(np.mean((pred - true) ** 2)),
             seconds=seconds,
@@ -473,16 +479,15 @@ def run(settings: dict, mode: str):
         ("gene mean", partial(baselines.gene_mean, log_observed)),
         ("gene mean of non-zeros", partial(baselines.gene_nonzero_mean, log_observed)),
         ("MAGIC diffusion (our implementation)", partial(baselines.magic_diffusion, log_observed)),
-        ("scVI denoised", partial(baselines.scvi_denoised, observed.X, settings["scvi_epochs"] * 2, SEED)),
     ]
     try:
         import magic  # noqa: F401  (magic-impute; see baselines.magic_package for the install line)
 
         package = partial(baselines.magic_package, log_observed, SEED)
-        imputers.insert(3, ("MAGIC (magic-impute package)", package))
+        imputers.append(("MAGIC (magic-impute package)", package))
     except ImportError:
         log.warning("magic-impute is not installed: its row is left out (see baselines.magic_package)")
-    for name, function in imputers:
+    for name, function in imputers:  # deterministic: run once
         start = time.perf_counter()
         imputed = function()
         score(name, imputed, time.perf_counter() - start)
@@ -491,21 +496,34 @@ def run(settings: dict, mode: str):
     if settings["imputer_epochs"] is not None:  # None: train_imputer's default recipe
         imputer_kwargs["max_epochs"] = settings["imputer_epochs"]
     st.SCHyena.setup_anndata(observed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        pretrained = st.SCHyena.load_query_data(observed, reference)
-    start = time.perf_counter()
-    imputed = pretrained.get_imputed_expression(keep_observed=False, batch_size=64, return_numpy=True)
-    score("scHyena (pre-trained, no imputer fine-tuning)", imputed, time.perf_counter() - start)
-    start = time.perf_counter()
-    pretrained.train_imputer(**imputer_kwargs)
-    imputed = pretrained.get_imputed_expression(keep_observed=False, batch_size=64, return_numpy=True)
-    score("scHyena (pre-trained + imputer fine-tuning)", imputed, time.perf_counter() - start)
-    start = time.perf_counter()
-    scratch = st.SCHyena(observed, **ARCH)
-    scratch.train_imputer(**imputer_kwargs)
-    imputed = scratch.get_imputed_expression(keep_observed=False, batch_size=64, return_numpy=True)
-    score("scHyena (imputer only, no pre-training)", imputed, time.perf_counter() - start)
+    # The trained methods once per seed, on the same hidden entries (the "fold" column is the
+    # seed): a pre-training draw moves scHyena's r by ~0.04 (imputation_recipe.md, rounds 5-7),
+    # more than the gap to scVI, so one draw cannot rank them. Seed s seeds scVI, the imputer
+    # fine-tuning and (s > 0) a fresh pre-training; seed 0 reuses the run's shared reference.
+    for seed in range(settings["imputation_seeds"]):
+        scvi.settings.seed = SEED + seed
+        if seed:
+            stage(f"imputation seed {seed}: pre-training")
+            reference = schyena_pretrain(zeisel_observed, settings["pretrain_epochs"])
+            scvi.settings.seed = SEED + seed
+        start = time.perf_counter()
+        imputed = baselines.scvi_denoised(observed.X, settings["scvi_epochs"] * 2, SEED + seed)
+        score("scVI denoised", imputed, time.perf_counter() - start, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            pretrained = st.SCHyena.load_query_data(observed, reference)
+        start = time.perf_counter()
+        imputed = pretrained.get_imputed_expression(keep_observed=False, batch_size=64, return_numpy=True)
+        score("scHyena (pre-trained, no imputer fine-tuning)", imputed, time.perf_counter() - start, seed)
+        start = time.perf_counter()
+        pretrained.train_imputer(**imputer_kwargs)
+        imputed = pretrained.get_imputed_expression(keep_observed=False, batch_size=64, return_numpy=True)
+        score("scHyena (pre-trained + imputer fine-tuning)", imputed, time.perf_counter() - start, seed)
+        start = time.perf_counter()
+        scratch = st.SCHyena(observed, **ARCH)
+        scratch.train_imputer(**imputer_kwargs)
+        imputed = scratch.get_imputed_expression(keep_observed=False, batch_size=64, return_numpy=True)
+        score("scHyena (imputer only, no pre-training)", imputed, time.perf_counter() - start, seed)
     stage("done")
 
     write_report(results, settings, mode, timings, confusion_truth, confusion_pred, truth, mask, imputations)
