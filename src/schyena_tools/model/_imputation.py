@@ -58,7 +58,9 @@ class ImputationMixin:
         0.42 (scVI's denoised expression 0.70 / 0.49; the previous default, 10% dropped with
         every zero scored as its own group, 0.67 / 1.06, because it predicted about half the
         hidden values). Scoring more zeros (4%, 10%) pulls the predictions towards 0: better
-        for genes that are really off, worse for dropouts.
+        for genes that are really off, worse for dropouts. On the downstream benchmark's own
+        hidden counts, over three seeds of pre-training and fine-tuning: r 0.711 ± 0.018 and
+        MSE 0.404 ± 0.036, scVI 0.713 ± 0.004 / 0.418 ± 0.006 (docs "Downstream tasks").
 
         Parameters
         ----------
