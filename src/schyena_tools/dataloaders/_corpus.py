@@ -128,11 +128,14 @@ class CorpusDataset(Dataset):
         self.offsets = np.cumsum([0] + [s.n_cells for s in self.sources])
         self._cache: OrderedDict = OrderedDict()
         self._open: OrderedDict = OrderedDict()
-        # Per dataset, once: vocabulary positions it measured, its columns for them, its missing mask.
+        # Per dataset, once: the vocabulary position of each of its columns (-1: not in the
+        # vocabulary; a vocabulary gene is matched to at most one column) and its missing mask.
         self._layout = []
         for source in self.sources:
             measured = np.flatnonzero(source.gene_index >= 0)
-            self._layout.append((measured, source.gene_index[measured], source.gene_index < 0))
+            position = np.full(source.n_genes, -1, dtype=np.int32)
+            position[source.gene_index[measured]] = measured
+            self._layout.append((position, source.gene_index < 0))
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -153,7 +156,14 @@ class CorpusDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {key: value[0] for key, value in self.__getitems__([index]).items()}
 
-    def _block(self, dataset: int, block: int):
+    def _block(self, dataset: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One block, read once and kept, in the vocabulary's columns.
+
+        Returns the CSR arrays of its counts with vocabulary column numbers (``indptr``,
+        ``indices``, ``data``) and its cells' library sizes. Moving a block into the
+        vocabulary's columns when it is read makes a minibatch cost the same whatever the
+        number of datasets it is drawn from: one row copy per cell, no work per dataset.
+        """
         key = (dataset, block)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -163,34 +173,31 @@ class CorpusDataset(Dataset):
         cells = source.read_range(start, min(start + self.block_size, source.n_cells))
         if source.path is not None:
             self._touch(dataset)
-        self._cache[key] = cells
+        cells = sp.csr_matrix(cells, dtype=np.float32)
+        library = np.asarray(cells.sum(axis=1), dtype=np.float32).ravel()
+        columns = self._layout[dataset][0][cells.indices]
+        kept = columns >= 0
+        row_of_entry = np.repeat(np.arange(cells.shape[0]), np.diff(cells.indptr))
+        indptr = np.zeros(cells.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row_of_entry[kept], minlength=cells.shape[0]), out=indptr[1:])
+        self._cache[key] = indptr, columns[kept], cells.data[kept], library
         if len(self._cache) > self.cached_blocks:
             self._cache.popitem(last=False)
-        return cells
-
-    def _rows(self, dataset: int, rows: np.ndarray) -> np.ndarray:
-        """Dense float32 counts of ``rows`` of one dataset, through the block cache."""
-        blocks = rows // self.block_size
-        out = np.empty((len(rows), self.sources[dataset].n_genes), dtype=np.float32)
-        for block in np.unique(blocks):
-            chosen = np.flatnonzero(blocks == block)
-            part = self._block(dataset, int(block))[rows[chosen] - block * self.block_size]
-            out[chosen] = part.toarray() if sp.issparse(part) else part
-        return out
+        return self._cache[key]
 
     def __getitems__(self, indices) -> dict[str, torch.Tensor]:
         indices = np.asarray(indices, dtype=np.int64)
         which = np.searchsorted(self.offsets, indices, side="right") - 1
+        rows = indices - self.offsets[which]
         counts = np.zeros((len(indices), self.vocabulary_size), dtype=np.float32)
-        missing = np.zeros((len(indices), self.vocabulary_size), dtype=bool)
         library = np.zeros((len(indices), 1), dtype=np.float32)
-        for d in np.unique(which):
-            measured, columns, not_measured = self._layout[d]
-            positions = np.flatnonzero(which == d)
-            rows = self._rows(d, indices[positions] - self.offsets[d])
-            counts[np.ix_(positions, measured)] = rows[:, columns]
-            missing[positions] = not_measured
-            library[positions, 0] = rows.sum(axis=1)
+        for i, (dataset, row) in enumerate(zip(which.tolist(), rows.tolist(), strict=True)):
+            block, within = divmod(row, self.block_size)
+            indptr, columns, values, sizes = self._block(dataset, block)
+            first, last = indptr[within], indptr[within + 1]
+            counts[i, columns[first:last]] = values[first:last]
+            library[i, 0] = sizes[within]
+        missing = np.stack([self._layout[d][1] for d in which])
         return {
             REGISTRY_KEYS.X_KEY: torch.from_numpy(counts),
             MISSING_KEY: torch.from_numpy(missing),
