@@ -205,9 +205,10 @@ def main():
         start = time.perf_counter()
         model.train_imputer(batch_size=16, train_size=1.0, enable_progress_bar=False, **recipe)
         seconds_of[name] = time.perf_counter() - start
-        for readout, imputed in heads(model).items():
+        readouts = heads(model)  # one inference pass serves the scores and the combinations
+        for readout, imputed in readouts.items():
             score(name, readout, imputed, seconds_of[name])
-        token_heads[name] = heads(model)["token head"]
+        token_heads[name] = readouts["token head"]
         weights[name] = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
         pd.concat([earlier, pd.DataFrame(rows)]).to_csv(OUT, index=False)
     for name, (how, parts) in COMBINED.get(round_number, {}).items():
