@@ -189,6 +189,52 @@ def early_stopped_probe(
     return iterations, weight, bias, out_of_fold
 
 
+#: Calibrated confidence at which ``self_trained_probe`` takes an unlabelled cell's prediction
+#: as its label.
+SELF_TRAINING_CONFIDENCE = 0.9
+
+
+def self_trained_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    penalty: float,
+    unlabelled: torch.Tensor | None = None,
+    confidence: float = SELF_TRAINING_CONFIDENCE,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The early-stopped probe, refitted once with confident unlabelled cells ("self-training").
+
+    :func:`early_stopped_probe` on the labelled ``features``; then the ``unlabelled`` cells whose
+    temperature-calibrated probability (the temperature from the out-of-fold logits) is at least
+    ``confidence`` join them with their predicted class, and the probe follows the same L-BFGS
+    path on all of them to the same number of iterations. Returns ``(weight, bias, info)``,
+    ``info`` holding ``iterations``, ``pseudo_labelled`` (cells added) and ``out_of_fold`` (the
+    labelled cells' out-of-fold logits).
+    """
+    from ._confidence import fit_temperature
+
+    iterations, weight, bias, out_of_fold = early_stopped_probe(features, labels, n_classes, penalty, seed)
+    info = dict(iterations=iterations, pseudo_labelled=0, out_of_fold=out_of_fold)
+    if unlabelled is None or not len(unlabelled):
+        return weight, bias, info
+    temperature = fit_temperature(out_of_fold, labels)
+    probabilities = torch.softmax((unlabelled @ weight.T + bias) / temperature, dim=1)
+    best, predicted = probabilities.max(1)
+    keep = best >= confidence
+    if keep.any():
+        steps = tuple(g for g in PROBE_ITERATION_GRID if g <= iterations)
+        weight, bias = logistic_path(
+            torch.cat([features, unlabelled[keep]]),
+            torch.cat([torch.as_tensor(labels).long(), predicted[keep]]),
+            n_classes,
+            penalty,
+            steps,
+        )[-1]
+    info["pseudo_labelled"] = int(keep.sum())
+    return weight, bias, info
+
+
 def readout_features(
     head: CellTypeClassifier,
     cell_embedding: torch.Tensor,

@@ -1,0 +1,191 @@
+"""How the linear probe of ``train_classifier`` should weigh the encoder's features: a screen.
+
+The default classifier (``train_classifier()``) is an early-stopped logistic regression on the
+standardised cell embedding (``d_model`` columns) beside the standardised expression of every
+gene (~20,000 columns). With that many expression columns the 32 embedding columns barely move
+the fit: a random-weights encoder scores the same as a pre-trained one on every transfer row.
+This screen asks two things on **inner** validation splits of the first outer training fold of
+each transfer target of ``downstream.py`` (its outer test folds are never scored here):
+
+- ``embedding_weight``: the embedding columns multiplied by ``w`` before the early-stopped
+  L-BFGS path (equivalent to a ``w``-times weaker L2 penalty on them and a ``w``-times faster
+  start along them), ``w`` in 1 (the default until now), 3, 10, 30;
+- ``self_training``: after the probe, the unlabelled cells of the registered data whose
+  calibrated confidence is at least 0.9 join the training cells with their predicted labels
+  and the probe is fitted again (scANVI uses its unlabelled cells too).
+
+Each encoder's features of every cell are computed once per target (one forward pass); every
+variant is then a few L-BFGS fits, so the screen costs minutes. Encoders: the full-length
+Zeisel-550 reference of the transfer rows (2 epochs), the same architecture with random weights
+(the "no pre-training" rows) and the bundled model (whose corpus holds La Manno's and
+Campbell's cells, unlabelled: its rows on those two are transductive, as scANVI's).
+
+``python benchmarks/probe_readout.py`` (~15 minutes on one CPU core) writes
+``docs/benchmarks/probe_readout.csv``; the decision is on the "Fine-tuning recipe" page.
+"""
+
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import StratifiedShuffleSplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _downstream_baselines as baselines  # noqa: E402
+import downstream  # noqa: E402
+
+OUT = downstream.DOCS / "probe_readout.csv"
+#: Inner 75/25 splits of the first outer training fold per target.
+N_SPLITS = 5
+EMBEDDING_WEIGHTS = (1.0, 3.0, 10.0, 30.0)
+log = logging.getLogger("probe_readout")
+
+
+def inner_splits(labels: np.ndarray, n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Inner-training and inner-validation cells of the first outer training fold (75/25)."""
+    outer_train, _ = downstream.folds(labels, 1)[0]
+    splitter = StratifiedShuffleSplit(n_splits=n_splits, test_size=0.25, random_state=downstream.SEED)
+    return [
+        (np.sort(outer_train[a]), np.sort(outer_train[b]))
+        for a, b in splitter.split(np.zeros(outer_train.size), labels[outer_train])
+    ]
+
+
+def encoder_outputs(model, adata) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cell embedding, classifier expression and its missing mask of every registered cell."""
+    embeddings, values, missing = [], [], None
+    for _, out in model._inference_batches(adata, None, 32):
+        embeddings.append(out["cell_embedding"].float().cpu())
+        values.append(out["classifier_expression"].float().cpu())
+        missing = out["classifier_unseen"]
+    return torch.cat(embeddings), torch.cat(values), missing
+
+
+def build_model(encoder: str, fold, reference, bundled, case_insensitive: bool):
+    import schyena_tools as st
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if encoder == "Zeisel 550 reference":
+            return st.SCHyena.load_query_data(fold, reference, case_insensitive=case_insensitive)
+        if encoder == "random weights":
+            return st.SCHyena(fold, **downstream.ARCH, gene_vocabulary=reference)
+        return st.SCHyena.load_query_data(fold, bundled, case_insensitive=True)
+
+
+def main():
+    import argparse
+
+    import scvi
+
+    import schyena_tools as st
+    from schyena_tools.model._linear_readout import (
+        readout_features,
+        self_trained_probe,
+        set_readout_standardization,
+    )
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--encoders", nargs="+", default=["Zeisel 550 reference", "random weights", "bundled model"]
+    )
+    parser.add_argument("--targets", nargs="+", default=[t[0] for t in downstream.TRANSFER_SETS])
+    parser.add_argument("--out", type=Path, default=OUT, help="CSV to write (two runs can share the cores)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    scvi.settings.seed = downstream.SEED
+    reference = bundled = None
+    if {"Zeisel 550 reference", "random weights"} & set(args.encoders):
+        started = time.perf_counter()
+        reference = downstream.schyena_pretrain(
+            downstream.read(downstream.ZEISEL_550, "subclass"), downstream.MODES["default"]["pretrain_epochs"]
+        )
+        log.info("reference pre-trained in %.0f s", time.perf_counter() - started)
+    if "bundled model" in args.encoders:
+        bundled = st.pretrained.load_zeisel_brain_model()
+    rows = []
+    for name, path, label, case_insensitive, dropped in downstream.TRANSFER_SETS:
+        if name not in args.targets:
+            continue
+        target = downstream.read_target(path, label, dropped)
+        labels = target.obs["label"].to_numpy()
+        splits = inner_splits(labels, N_SPLITS)
+        log_target = baselines.log_normalize(target.X)
+        for split, (train, val) in enumerate(splits):
+            predicted = baselines.logistic_regression(log_target, labels, train, val)
+            rows.append(score(name, "logistic regression (all genes)", "", split, labels[val], predicted))
+        outer_train = np.sort(np.concatenate(splits[0]))
+        for encoder in args.encoders:
+            scvi.settings.seed = downstream.SEED
+            fold = downstream.labelled_fold(target, labels, outer_train)
+            model = build_model(encoder, fold, reference, bundled, case_insensitive)
+            started = time.perf_counter()
+            embedding, expression, missing = encoder_outputs(model, model.adata)
+            log.info("%s | %s: features in %.0f s", name, encoder, time.perf_counter() - started)
+            classes = np.asarray(model._label_classes(), dtype=object)
+            codes = pd.Categorical(labels, categories=classes).codes
+            head = model.module.classifier
+            d_model = embedding.shape[1]
+            for split, (train, val) in enumerate(splits):
+                set_readout_standardization(head, embedding[train], expression[train], missing)
+                features = readout_features(head, embedding, expression, missing)
+                unlabelled = np.setdiff1d(outer_train, train)  # the inner-validation cells
+                for w in EMBEDDING_WEIGHTS:
+                    scaled = features.clone()
+                    scaled[:, :d_model] *= w
+                    for self_training in (False, True):
+                        weight, bias, info = self_trained_probe(
+                            scaled[train],
+                            torch.as_tensor(codes[train]).long(),
+                            head.out_features,
+                            1.0,
+                            unlabelled=scaled[unlabelled] if self_training else None,
+                            seed=downstream.SEED,
+                        )
+                        logits = scaled[val] @ weight.T + bias
+                        method = f"probe, embedding weight {w:g}" + (
+                            ", self-training" if self_training else ""
+                        )
+                        rows.append(
+                            score(
+                                name,
+                                method,
+                                encoder,
+                                split,
+                                labels[val],
+                                classes[logits.argmax(1).numpy()],
+                                iterations=info["iterations"],
+                                pseudo_labelled=info["pseudo_labelled"],
+                            )
+                        )
+            pd.DataFrame(rows).to_csv(args.out, index=False)
+            log.info("%s | %s done", name, encoder)
+    frame = pd.DataFrame(rows)
+    frame.to_csv(args.out, index=False)
+    summary = frame.groupby(["encoder", "method", "target"], sort=False)["macro_f1"].mean().unstack("target")
+    summary["mean"] = summary.mean(axis=1)
+    print(summary.round(3).to_markdown())
+
+
+def score(target, method, encoder, split, truth, predicted, **info) -> dict:
+    row = dict(
+        target=target,
+        encoder=encoder,
+        method=method,
+        split=split,
+        macro_f1=round(f1_score(truth, predicted, average="macro"), 4),
+        accuracy=round(accuracy_score(truth, predicted), 4),
+        **info,
+    )
+    log.info("%s", row)
+    return row
+
+
+if __name__ == "__main__":
+    main()
