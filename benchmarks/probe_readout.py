@@ -43,7 +43,7 @@ import downstream  # noqa: E402
 OUT = downstream.DOCS / "probe_readout.csv"
 #: Inner 75/25 splits of the first outer training fold per target.
 N_SPLITS = 5
-EMBEDDING_WEIGHTS = (1.0, 3.0, 10.0, 30.0)
+EMBEDDING_WEIGHTS = (1.0, 2.0, 3.0, 5.0)
 log = logging.getLogger("probe_readout")
 
 
@@ -75,7 +75,8 @@ def build_model(encoder: str, fold, reference, bundled, case_insensitive: bool):
         if encoder == "Zeisel 550 reference":
             return st.SCHyena.load_query_data(fold, reference, case_insensitive=case_insensitive)
         if encoder == "random weights":
-            return st.SCHyena(fold, **downstream.ARCH, gene_vocabulary=reference)
+            vocabulary = downstream._query_vocabulary(fold, reference, case_insensitive)
+            return st.SCHyena(fold, **downstream.ARCH, gene_vocabulary=vocabulary)
         return st.SCHyena.load_query_data(fold, bundled, case_insensitive=True)
 
 
@@ -95,6 +96,12 @@ def main():
     parser.add_argument(
         "--encoders", nargs="+", default=["Zeisel 550 reference", "random weights", "bundled model"]
     )
+    parser.add_argument(
+        "--self-training", action="store_true", help="also score each weight with self-training"
+    )
+    parser.add_argument("--weights", nargs="+", type=float, default=list(EMBEDDING_WEIGHTS))
+    parser.add_argument("--resume", action="store_true", help="keep --out's rows; skip what they hold")
+    parser.add_argument("--reference-cache", type=Path, help="save / reuse the pre-trained reference here")
     parser.add_argument("--targets", nargs="+", default=[t[0] for t in downstream.TRANSFER_SETS])
     parser.add_argument("--out", type=Path, default=OUT, help="CSV to write (two runs can share the cores)")
     args = parser.parse_args()
@@ -103,13 +110,24 @@ def main():
     reference = bundled = None
     if {"Zeisel 550 reference", "random weights"} & set(args.encoders):
         started = time.perf_counter()
-        reference = downstream.schyena_pretrain(
-            downstream.read(downstream.ZEISEL_550, "subclass"), downstream.MODES["default"]["pretrain_epochs"]
-        )
+        if args.reference_cache and args.reference_cache.exists():
+            reference = st.SCHyena.load(str(args.reference_cache))
+        else:
+            reference = downstream.schyena_pretrain(
+                downstream.read(downstream.ZEISEL_550, "subclass"),
+                downstream.MODES["default"]["pretrain_epochs"],
+            )
+            if args.reference_cache:
+                reference.save(str(args.reference_cache), save_anndata=True)
         log.info("reference pre-trained in %.0f s", time.perf_counter() - started)
     if "bundled model" in args.encoders:
         bundled = st.pretrained.load_zeisel_brain_model()
-    rows = []
+    rows = (
+        pd.read_csv(args.out, keep_default_na=False).to_dict("records")
+        if args.resume and args.out.exists()
+        else []
+    )
+    done = {(row["target"], row["encoder"]) for row in rows}
     for name, path, label, case_insensitive, dropped in downstream.TRANSFER_SETS:
         if name not in args.targets:
             continue
@@ -118,10 +136,14 @@ def main():
         splits = inner_splits(labels, N_SPLITS)
         log_target = baselines.log_normalize(target.X)
         for split, (train, val) in enumerate(splits):
+            if (name, "") in done:
+                break
             predicted = baselines.logistic_regression(log_target, labels, train, val)
             rows.append(score(name, "logistic regression (all genes)", "", split, labels[val], predicted))
         outer_train = np.sort(np.concatenate(splits[0]))
         for encoder in args.encoders:
+            if (name, encoder) in done:
+                continue
             scvi.settings.seed = downstream.SEED
             fold = downstream.labelled_fold(target, labels, outer_train)
             model = build_model(encoder, fold, reference, bundled, case_insensitive)
@@ -136,10 +158,10 @@ def main():
                 set_readout_standardization(head, embedding[train], expression[train], missing)
                 features = readout_features(head, embedding, expression, missing)
                 unlabelled = np.setdiff1d(outer_train, train)  # the inner-validation cells
-                for w in EMBEDDING_WEIGHTS:
+                for w in args.weights:
                     scaled = features.clone()
                     scaled[:, :d_model] *= w
-                    for self_training in (False, True):
+                    for self_training in (False, True) if args.self_training else (False,):
                         weight, bias, info = self_trained_probe(
                             scaled[train],
                             torch.as_tensor(codes[train]).long(),

@@ -188,3 +188,55 @@ def test_early_stopped_probe_chooses_its_iterations_on_the_training_cells(zeisel
     assert model.classifier_temperature_ > 0
     model.train_classifier(max_epochs=0, probe_iterations=3)
     assert model.probe_iterations_ == 3
+
+
+def test_self_trained_probe_adds_only_confident_unlabelled_cells():
+    from schyena_tools.model._linear_readout import early_stopped_probe, self_trained_probe
+
+    embedding, expression, labels = _toy(n_cells=150)
+    features = torch.cat([embedding, expression], 1).double()
+    features = (features - features.mean(0)) / features.std(0)
+    labelled, unlabelled = features[:60], features[60:]
+    iterations, weight, bias, _ = early_stopped_probe(labelled, labels[:60], 3, 1.0)
+    # without unlabelled cells, or with none confident enough, it is the early-stopped probe
+    for extra, confidence in ((None, 0.9), (unlabelled, 1.01)):
+        w, b, info = self_trained_probe(labelled, labels[:60], 3, 1.0, extra, confidence)
+        torch.testing.assert_close(w, weight)
+        torch.testing.assert_close(b, bias)
+        assert info["pseudo_labelled"] == 0 and info["iterations"] == iterations
+    w, b, info = self_trained_probe(labelled, labels[:60], 3, 1.0, unlabelled, 0.5)
+    assert 0 < info["pseudo_labelled"] <= len(unlabelled)
+    assert info["iterations"] == iterations
+    assert not torch.allclose(w, weight)  # refitted on more cells
+    # a confidence no softmax reaches adds none; a lower bar adds at least as many cells
+    lower = self_trained_probe(labelled, labels[:60], 3, 1.0, unlabelled, 0.4)[2]
+    assert lower["pseudo_labelled"] >= info["pseudo_labelled"]
+
+
+def test_probe_embedding_weight_fits_the_scaled_columns_and_keeps_the_heads_inputs(zeisel_small):
+    from schyena_tools.model._linear_readout import readout_features, solve_logistic
+
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
+    model = st.SCHyena(zeisel_small, **TINY)
+    model.train_classifier(probe_iterations=500, probe_embedding_weight=3.0, **QUIET)
+    head = model.module.classifier
+    embedding, expression, missing = [], [], None
+    for _, out in model._inference_batches(zeisel_small, None, 32):
+        embedding.append(out["cell_embedding"].float().cpu())
+        expression.append(out["classifier_expression"].float().cpu())
+        missing = out["classifier_unseen"]
+    features = readout_features(head, torch.cat(embedding), torch.cat(expression), missing)
+    d_model = TINY["d_model"]
+    scaled = features.clone()
+    scaled[:, :d_model] *= 3.0
+    codes = torch.from_numpy(zeisel_small.obs["cell_type"].cat.codes.to_numpy().copy()).long()
+    weight, bias, _ = solve_logistic(scaled, codes, head.out_features, 1.0, max_iter=500)
+    expected = (scaled @ weight.T + bias).float().numpy()
+    np.testing.assert_allclose(model._class_logits(zeisel_small, None), expected, atol=2e-3, rtol=1e-3)
+    # a different fit from the unweighted probe's
+    plain = st.SCHyena(zeisel_small, **TINY)
+    plain.module.load_state_dict(model.module.state_dict())
+    plain.train_classifier(probe_iterations=500, **QUIET)
+    assert not np.allclose(plain._class_logits(zeisel_small, None), expected, atol=1e-2)
+    with pytest.raises(ValueError, match="probe_embedding_weight"):
+        model.train_classifier(probe_embedding_weight=0, **QUIET)

@@ -17,6 +17,7 @@ from schyena_tools.validation import check_number
 from ._checkpoint import RestoreBestWeights
 from ._confidence import fit_temperature, fit_unknown_reference, project, unknown_scores
 from ._linear_readout import (
+    PROBE_EMBEDDING_WEIGHT,
     cross_fitted_logits,
     early_stopped_probe,
     probe_cells,
@@ -123,6 +124,7 @@ class ClassificationMixin:
         linear_probe: bool = True,
         probe_penalty: float = 1.0,
         probe_iterations: int | str = "cv",
+        probe_embedding_weight: float = PROBE_EMBEDDING_WEIGHT,
         calibrate: bool = True,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
@@ -204,6 +206,13 @@ class ClassificationMixin:
             targets by 0.01-0.05 and costs 0.008 on Zeisel's 7 classes, 0.943 vs 0.950); the
             chosen number is ``model.probe_iterations_``. An integer: at most that many
             iterations (500: to convergence, the previous default).
+        probe_embedding_weight
+            The probe's standardised cell-embedding columns are multiplied by this before its
+            fit (the same as a ``probe_embedding_weight ** 2`` times weaker L2 penalty on them,
+            and a path that moves along them sooner): the embedding's ``d_model`` columns
+            count for more beside the ~20,000 expression columns. ``1``: as the expression.
+            The default was chosen on inner validation splits of four transfer targets
+            (fine-tuning recipe page, round 9).
         calibrate
             Fit a temperature that makes the confidences of :meth:`predict` calibrated
             (temperature scaling; the labels do not change): on the probe's out-of-fold
@@ -245,6 +254,7 @@ class ClassificationMixin:
             check_number(probe_penalty, "probe_penalty", minimum=0, exclusive_minimum=True)
             if probe_iterations != "cv":
                 check_number(probe_iterations, "probe_iterations", integer=True, minimum=1)
+            check_number(probe_embedding_weight, "probe_embedding_weight", minimum=0, exclusive_minimum=True)
         if not 0.0 < train_size <= 1.0:
             raise ValueError(f"train_size must be in (0, 1], got {train_size}")
         # Explicit split of the labelled cells; unlabelled ones go to the (unused) test set so
@@ -299,6 +309,7 @@ class ClassificationMixin:
                 show_progress=trainer_kwargs.get("enable_progress_bar", True),
                 calibrate=calibrate,
                 iterations=probe_iterations,
+                embedding_weight=probe_embedding_weight,
             )
         if max_epochs == 0:
             self.is_classifier_trained_ = True
@@ -353,8 +364,13 @@ class ClassificationMixin:
         show_progress: bool = True,
         calibrate: bool = True,
         iterations: int | str = 500,
+        embedding_weight: float = 1.0,
     ) -> None:
         """Fit the head's linear readout on the frozen encoder's features of ``cells``.
+
+        The embedding columns are multiplied by ``embedding_weight`` for the fit, and the
+        solved weights of those columns by the same factor before they are written into the
+        head: its logits are the fitted model's on the head's own (unscaled) inputs.
 
         Also the temperature (from out-of-fold logits, with ``calibrate``) and the reference of
         the unknown-type score (these cells' embeddings), from the same single pass.
@@ -374,6 +390,8 @@ class ClassificationMixin:
         set_readout_standardization(head, embedding, expression, missing)
         features = readout_features(head, embedding, expression, missing)
         del expression
+        d_model = embedding.shape[1]
+        features[:, :d_model] *= embedding_weight  # in place: the features are cells x genes
         logits = None
         if iterations == "cv" and len(cells) >= 10:
             iterations, weight, bias, logits = early_stopped_probe(
@@ -385,13 +403,16 @@ class ClassificationMixin:
                 features, labels, head.out_features, penalty, max_iter=iterations
             )
         self.probe_iterations_ = iterations
-        write_readout_weights(head, weight, bias)
         if logits is None and len(cells) >= 10:
             logits = cross_fitted_logits(
                 features, labels, head.out_features, penalty, seed=settings.seed, init=(weight, bias)
             )
+        weight = weight.clone()
+        weight[:, :d_model] *= embedding_weight
+        features[:, :d_model] /= embedding_weight  # the head's inputs again (unknown-type score)
+        write_readout_weights(head, weight, bias)
         if logits is None:  # too few cells to cross-fit: their own (in-sample) logits
-            logits = features @ weight.T + bias
+            logits = features @ weight.T + bias  # (the scaled weights on the head's inputs)
         elif calibrate:
             self.classifier_temperature_ = fit_temperature(logits, labels)
         confidences = self._calibrated_probabilities(logits.float().numpy()).max(1)
