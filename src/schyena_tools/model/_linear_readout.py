@@ -139,7 +139,7 @@ def logistic_path(
 
 #: Factor on the standardised cell-embedding columns in ``train_classifier``'s probe
 #: (``probe_embedding_weight``; fine-tuning recipe page, round 9).
-PROBE_EMBEDDING_WEIGHT = 1.0
+PROBE_EMBEDDING_WEIGHT = 2.0
 
 #: L-BFGS iterations the early-stopped probe chooses from (``probe_iterations="cv"``).
 PROBE_ITERATION_GRID = (5, 10, 20, 50, 100, 500)
