@@ -8,19 +8,23 @@ This screen asks two things on **inner** validation splits of the first outer tr
 each transfer target of ``downstream.py`` (its outer test folds are never scored here):
 
 - ``embedding_weight``: the embedding columns multiplied by ``w`` before the early-stopped
-  L-BFGS path (equivalent to a ``w``-times weaker L2 penalty on them and a ``w``-times faster
-  start along them), ``w`` in 1 (the default until now), 3, 10, 30;
-- ``self_training``: after the probe, the unlabelled cells of the registered data whose
+  L-BFGS path (equivalent to a ``w ** 2``-times weaker L2 penalty on them and a faster start
+  along them), ``w`` in 1 (the default until round 9), 2, 3, 5 (``--weights``);
+- ``self_training`` (``--self-training``, off by default: it lowered every weight on La Manno's
+  first split, round 9): after the probe, the unlabelled cells of the registered data whose
   calibrated confidence is at least 0.9 join the training cells with their predicted labels
   and the probe is fitted again (scANVI uses its unlabelled cells too).
 
 Each encoder's features of every cell are computed once per target (one forward pass); every
-variant is then a few L-BFGS fits, so the screen costs minutes. Encoders: the full-length
-Zeisel-550 reference of the transfer rows (2 epochs), the same architecture with random weights
-(the "no pre-training" rows) and the bundled model (whose corpus holds La Manno's and
-Campbell's cells, unlabelled: its rows on those two are transductive, as scANVI's).
+variant is then L-BFGS fits (6 iteration counts x 5 folds, then the final fit). Encoders
+(``--encoders``): the full-length Zeisel-550 reference of the transfer rows (2 epochs), the same
+architecture with random weights (the "no pre-training" rows) and the bundled model (whose
+corpus holds La Manno's and Campbell's cells, unlabelled: its rows on those two are
+transductive, as scANVI's).
 
-``python benchmarks/probe_readout.py`` (~15 minutes on one CPU core) writes
+``python benchmarks/probe_readout.py --encoders "Zeisel 550 reference" "random weights"`` (about
+two hours on one CPU core, most of it Campbell's 21,000 cells; ``--targets`` and ``--out`` split
+it over two processes, ``--reference-cache`` shares the reference) writes
 ``docs/benchmarks/probe_readout.csv``; the decision is on the "Fine-tuning recipe" page.
 """
 
