@@ -109,6 +109,31 @@ def test_without_probe_epochs_come_from_the_data_size(zeisel_small, monkeypatch)
     assert len(model.phase_history_["classify"]["train_loss"]) == classifier_epochs(70, 16, 12) == 3
 
 
+def test_a_collapsed_probe_says_so_from_its_own_predictions(zeisel_small, monkeypatch):
+    """The probe-only classifier checks for collapse on the probe's in-sample predictions."""
+    cell_type = zeisel_small.obs["cell_type"].astype(str)
+    kept = cell_type.unique()[:2]  # two classes as they are, the other five merged: the commonest
+    zeisel_small.obs["label"] = np.where(cell_type.isin(kept), cell_type, "rest")
+    st.SCHyena.setup_anndata(zeisel_small, labels_key="label")
+    model = st.SCHyena(zeisel_small, **TINY)
+    passes = []
+    original = type(model)._class_probabilities
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "_class_probabilities", counted)
+    # A penalty this strong leaves only the bias: the commonest class for every cell.
+    with pytest.warns(UserWarning, match="predicts 'rest' for every one of the 70 training"):
+        model.train_classifier(probe_penalty=1e9, **QUIET)
+    assert passes == []  # no second inference pass over the training cells
+    # The probe's in-sample predictions are the trained head's.
+    codes = model._fit_linear_probe(np.arange(zeisel_small.n_obs), None, 1.0, show_progress=False)
+    predicted = model.predict(indices=np.arange(zeisel_small.n_obs), progress_bar=False)
+    assert list(np.asarray(model._label_classes(), dtype=object)[codes]) == list(predicted)
+
+
 def test_a_collapsed_classifier_says_so(zeisel_small, monkeypatch):
     st.SCHyena.setup_anndata(zeisel_small, labels_key="cell_type")
     model = st.SCHyena(zeisel_small, **TINY)

@@ -302,9 +302,10 @@ class ClassificationMixin:
         check_plan_kwargs(plan)  # before the probe: no work is done with a bad setting
 
         self.classifier_temperature_ = 1.0
+        probed, probe_predictions = probe_cells(train_idx, settings.seed), None
         if linear_probe:
-            self._fit_linear_probe(
-                probe_cells(train_idx, settings.seed),
+            probe_predictions = self._fit_linear_probe(
+                probed,
                 batch_size,
                 probe_penalty,
                 show_progress=trainer_kwargs.get("enable_progress_bar", True),
@@ -315,9 +316,12 @@ class ClassificationMixin:
         if max_epochs == 0:
             self.is_classifier_trained_ = True
             self.classifier_best_epoch_ = None
-            self._warn_if_collapsed(
-                val_idx if validated else train_idx, "validation" if validated else "training", 0
-            )
+            if validated:
+                self._warn_if_collapsed(val_idx, "validation", 0)
+            elif probe_predictions is not None:  # the probe's own predictions: no second pass
+                self._warn_if_collapsed(probed, "training", 0, predicted=probe_predictions)
+            else:
+                self._warn_if_collapsed(train_idx, "training", 0)
             return None
         frozen = []
         if freeze_encoder:
@@ -351,7 +355,7 @@ class ClassificationMixin:
             self.classifier_temperature_ = fit_temperature(
                 self._class_logits(self.adata, val_idx), codes[val_idx]
             )
-        self._set_unknown_reference(probe_cells(train_idx, settings.seed), batch_size)
+        self._set_unknown_reference(probed, batch_size)
         self._warn_if_collapsed(
             val_idx if validated else train_idx, "validation" if validated else "training", max_epochs
         )
@@ -366,8 +370,11 @@ class ClassificationMixin:
         calibrate: bool = True,
         iterations: int | str = 500,
         embedding_weight: float = 1.0,
-    ) -> None:
+    ) -> np.ndarray:
         """Fit the head's linear readout on the frozen encoder's features of ``cells``.
+
+        Returns the fitted head's predicted class codes of ``cells`` (in-sample).
+
 
         The embedding columns are multiplied by ``embedding_weight`` for the fit, and the
         solved weights of those columns by the same factor before they are written into the
@@ -418,6 +425,7 @@ class ClassificationMixin:
             self.classifier_temperature_ = fit_temperature(logits, labels)
         confidences = self._calibrated_probabilities(logits.float().numpy()).max(1)
         self.unknown_reference_ = fit_unknown_reference(features, confidences, settings.seed)
+        return (features @ weight.T + bias).argmax(1).numpy()
 
     def _set_unknown_reference(self, cells: np.ndarray, batch_size: int | None) -> None:
         """The unknown-type reference from the current network's view of the training ``cells``.
@@ -443,14 +451,20 @@ class ClassificationMixin:
             dtype=torch.float32,
         )
 
-    def _warn_if_collapsed(self, cells: np.ndarray, which: str, max_epochs: int) -> None:
-        """Warn when the classifier predicts one class for every one of ``cells`` (of several)."""
+    def _warn_if_collapsed(
+        self, cells: np.ndarray, which: str, max_epochs: int, predicted: np.ndarray | None = None
+    ) -> None:
+        """Warn when the classifier predicts one class for every one of ``cells`` (of several).
+
+        ``predicted``: the classifier's class codes of ``cells`` where known already (the
+        probe's in-sample ones); otherwise one inference pass computes them.
+        """
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
         if np.unique(codes[cells]).size < 2:
             return
-        # The registered data was validated when this phase started: no second pass over it.
-        probabilities = self._class_probabilities(self.adata, cells, None)
-        predicted = np.unique(np.asarray(self._label_classes(), dtype=object)[probabilities.argmax(1)])
+        if predicted is None:  # the registered data was validated when this phase started
+            predicted = self._class_probabilities(self.adata, cells, None).argmax(1)
+        predicted = np.unique(np.asarray(self._label_classes(), dtype=object)[predicted])
         if predicted.size == 1:
             warnings.warn(
                 f"the classifier predicts {str(predicted[0])!r} for every one of the {cells.size} "
