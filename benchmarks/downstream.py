@@ -738,6 +738,9 @@ def merge_runs(tags: list[str]) -> None:
         results.rows.extend(pd.read_csv(DOCS / f"downstream_{tag}_results.folds.csv").to_dict("records"))
     pd.DataFrame(results.rows).to_csv(results.path.with_suffix(".folds.csv"), index=False)
     settings = dict(runs[0]["settings"], merged_from=tags)
+    settings["stages"] = list(dict.fromkeys(s for run in runs for s in run["settings"]["stages"]))
+    targets = [run["settings"].get("targets") for run in runs]
+    settings["targets"] = None if None in targets else [t for chosen in targets for t in chosen]
     timings = {
         f"{tag}: {k}": v for tag, run in zip(tags, runs, strict=True) for k, v in run["stage_start_s"].items()
     }
