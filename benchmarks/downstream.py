@@ -2,7 +2,7 @@
 
 One command, one run::
 
-    python benchmarks/downstream.py            # default protocol (~40 min on 2 CPU cores)
+    python benchmarks/downstream.py            # default protocol (about 2.5 hours on one thread; see --merge)
     python benchmarks/downstream.py --quick    # smoke run (a few minutes)
     python benchmarks/downstream.py --full     # the whole protocol (hours on CPU; meant for a GPU)
 
