@@ -376,15 +376,13 @@ class ClassificationMixin:
     ) -> np.ndarray:
         """Fit the head's linear readout on the frozen encoder's features of ``cells``.
 
-        Returns the fitted head's predicted class codes of ``cells`` (in-sample).
-
-
         The embedding columns are multiplied by ``embedding_weight`` for the fit, and the
         solved weights of those columns by the same factor before they are written into the
         head: its logits are the fitted model's on the head's own (unscaled) inputs.
 
         Also the temperature (from out-of-fold logits, with ``calibrate``) and the reference of
-        the unknown-type score (these cells' embeddings), from the same single pass.
+        the unknown-type score (these cells' embeddings), from the same single pass. Returns
+        the fitted head's predicted class codes of ``cells`` (in-sample).
         """
         from scvi import settings
 
