@@ -5,7 +5,8 @@ standardised cell embedding (``d_model`` columns) beside the standardised expres
 gene (~20,000 columns). With that many expression columns the 32 embedding columns barely move
 the fit: a random-weights encoder scores the same as a pre-trained one on every transfer row.
 This screen asks two things on **inner** validation splits of the first outer training fold of
-each transfer target of ``downstream.py`` (its outer test folds are never scored here):
+each transfer target of ``downstream.py`` and of Zeisel 550 (the reference's own cells; its
+outer test folds are never scored here):
 
 - ``embedding_weight``: the embedding columns multiplied by ``w`` before the early-stopped
   L-BFGS path (equivalent to a ``w ** 2``-times weaker L2 penalty on them and a faster start
@@ -48,6 +49,9 @@ OUT = downstream.DOCS / "probe_readout.csv"
 #: Inner 75/25 splits of the first outer training fold per target.
 N_SPLITS = 5
 EMBEDDING_WEIGHTS = (1.0, 2.0, 3.0, 5.0)
+#: The transfer targets, then Zeisel 550 itself (the reference's own cells, as its row of
+#: ``downstream.py``): (name, file, label column, case-insensitive genes, labels dropped).
+SCREEN_SETS = (*downstream.TRANSFER_SETS, ("Zeisel 550", downstream.ZEISEL_550, "subclass", False, ()))
 log = logging.getLogger("probe_readout")
 
 
@@ -106,7 +110,7 @@ def main():
     parser.add_argument("--weights", nargs="+", type=float, default=list(EMBEDDING_WEIGHTS))
     parser.add_argument("--resume", action="store_true", help="keep --out's rows; skip what they hold")
     parser.add_argument("--reference-cache", type=Path, help="save / reuse the pre-trained reference here")
-    parser.add_argument("--targets", nargs="+", default=[t[0] for t in downstream.TRANSFER_SETS])
+    parser.add_argument("--targets", nargs="+", default=[t[0] for t in SCREEN_SETS])
     parser.add_argument("--out", type=Path, default=OUT, help="CSV to write (two runs can share the cores)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -132,7 +136,7 @@ def main():
         else []
     )
     done = {(row["target"], row["encoder"]) for row in rows}
-    for name, path, label, case_insensitive, dropped in downstream.TRANSFER_SETS:
+    for name, path, label, case_insensitive, dropped in SCREEN_SETS:
         if name not in args.targets:
             continue
         target = downstream.read_target(path, label, dropped)
