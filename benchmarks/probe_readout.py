@@ -3,10 +3,10 @@
 The default classifier (``train_classifier()``) is an early-stopped logistic regression on the
 standardised cell embedding (``d_model`` columns) beside the standardised expression of every
 gene (~20,000 columns). With that many expression columns the 32 embedding columns barely move
-the fit: a random-weights encoder scores the same as a pre-trained one on every transfer row.
-This screen asks two things on **inner** validation splits of the first outer training fold of
-each transfer target of ``downstream.py`` and of Zeisel 550 (the reference's own cells; its
-outer test folds are never scored here):
+the fit: with weight 1, a random-weights encoder scored the same as a pre-trained one on the
+2-fold transfer rows. This screen asks two things on **inner** validation splits of the first
+outer training fold of each transfer target of ``downstream.py`` and of Zeisel 550 (the
+reference's own cells); the outer test folds of ``downstream.py`` are never scored here:
 
 - ``embedding_weight``: the embedding columns multiplied by ``w`` before the early-stopped
   L-BFGS path (equivalent to a ``w ** 2``-times weaker L2 penalty on them and a faster start
