@@ -43,22 +43,37 @@ import schyena_tools as st  # noqa: E402
 OUT = ROOT / "docs" / "benchmarks" / "bundled_model_sweep.csv"
 SHIPPED = "shipped"
 #: What the table says beside a configuration: the model shipped when the row was scored.
-NOTES = {SHIPPED: " (shipped)", "32x2:4": " (bundled until 2026-12-02)", "32x2:8": " (bundled now)"}
+NOTES = {
+    SHIPPED: " (shipped)",
+    "32x2:4": " (bundled until 2026-12-02)",
+    "32x2:8": " (bundled now)",
+    "32x2:8:multinomial:10": ", multinomial cell head x10 (val. loss not comparable)",
+}
 
 
-def parse_config(text: str) -> tuple[int, int, int]:
-    """``"64x2:2"`` -> (d_model 64, 2 blocks, 2 epochs)."""
+def parse_config(text: str) -> tuple[int, int, int, str, float]:
+    """``"64x2:2"`` -> (d_model 64, 2 blocks, 2 epochs, cell objective "mse", cell weight 1).
+
+    An optional tail sets the cell head's objective and weight (``SCHyena.train``'s
+    ``cell_objective``, the loss's ``cell_weight``): ``"32x2:8:multinomial:10"``.
+    """
     try:
-        shape, epochs = text.split(":")
+        shape, epochs, *cell = text.split(":")
         width, depth = shape.split("x")
-        return int(width), int(depth), int(epochs)
+        objective = cell[0] if cell else "mse"
+        weight = float(cell[1]) if len(cell) > 1 else 1.0
+        if objective not in ("mse", "multinomial") or len(cell) > 2:
+            raise ValueError(objective)
+        return int(width), int(depth), int(epochs), objective, weight
     except ValueError:
-        raise SystemExit(f"configuration {text!r}: write WIDTHxDEPTH:EPOCHS, e.g. 64x2:2") from None
+        raise SystemExit(
+            f"configuration {text!r}: write WIDTHxDEPTH:EPOCHS[:mse|multinomial[:CELL_WEIGHT]], e.g. 64x2:2"
+        ) from None
 
 
 def pretrain(config: str, work: Path) -> Path:
     """Pre-train one configuration with the bundled model's own tool; returns the model folder."""
-    width, depth, epochs = parse_config(config)
+    width, depth, epochs, objective, weight = parse_config(config)
     folder = work / config.replace(":", "_")
     if (folder / "model_card.json").exists():
         return folder  # trained by an earlier run of this study
@@ -70,6 +85,8 @@ def pretrain(config: str, work: Path) -> Path:
         f"--d-model={width}",
         f"--n-layers={depth}",
         f"--epochs={epochs}",
+        f"--cell-objective={objective}",
+        f"--cell-weight={weight}",
         f"--checkpoint-dir={work / (folder.name + '_checkpoints')}",
     ]
     if (work / (folder.name + "_checkpoints")).exists():

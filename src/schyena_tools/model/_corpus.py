@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
 
-from schyena_tools.module import LIBRARY_KEY, MISSING_KEY
+from schyena_tools.module import LIBRARY_KEY, MISSING_KEY, cell_head_start_values
 
 from ._progress import progress
 from ._save_load import STANDIN_KEY, standin_anndata
@@ -95,7 +95,9 @@ class CorpusMixin:
             )
 
     @torch.inference_mode()
-    def _initialize_from_corpus(self, corpus, show_progress: bool = False) -> None:
+    def _initialize_from_corpus(
+        self, corpus, cell_objective: str = "mse", show_progress: bool = False
+    ) -> None:
         """The data-dependent start of :meth:`train` (see ``_initialize_from_data``) on a corpus.
 
         Gene means over up to :data:`N_START_CELLS` cells spread evenly over the corpus, each
@@ -104,6 +106,7 @@ class CorpusMixin:
         """
         loader = corpus.sample_loader(N_START_CELLS)
         total = torch.zeros(len(self.gene_vocabulary))
+        head_total = torch.zeros(len(self.gene_vocabulary))
         measured = torch.zeros(len(self.gene_vocabulary))
         sampled, seen = [], 0
         for tensors in progress(loader, "Data-dependent start: cells of the corpus", show_progress):
@@ -111,13 +114,15 @@ class CorpusMixin:
                 tensors[REGISTRY_KEYS.X_KEY].float(), tensors[MISSING_KEY], tensors[LIBRARY_KEY]
             )
             observed = (~missing).float()
+            summary = cell_head_start_values(values, cell_objective, self.module.target_sum)
             total += (values * observed).sum(0)
+            head_total += (summary * observed).sum(0)
             measured += observed.sum(0)
             keep = (np.arange(seen, seen + values.shape[0]) % 10) == 0
             sampled.append((values[torch.from_numpy(keep)], missing[torch.from_numpy(keep)]))
             seen += values.shape[0]
+        self.module.initialize_cell_head(head_total / measured.clamp_min(1.0), cell_objective)
         means = total / measured.clamp_min(1.0)
-        self.module.cell_expression_head.initialize_gene_means(means)
         values = torch.cat([v for v, _ in sampled])[:2000]
         missing = torch.cat([m for _, m in sampled])[:2000]
         self.module.encoder.add_principal_axes(torch.where(missing, means, values))

@@ -19,6 +19,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.train._trainrunner import _safe_load_logger_history
 
+from schyena_tools.module import CELL_OBJECTIVES, cell_head_start_values
 from schyena_tools.validation import check_batch_size, check_number
 
 from ._checkpoint import EpochCheckpoint, read_checkpoint, resolve_checkpoint
@@ -235,6 +236,7 @@ class TrainingMixin:
         zero_mask_ratio: float | None = None,
         depth_augmentation: float | None = None,
         consistency_weight: float = 1.0,
+        cell_objective: str = "mse",
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float | None = 0.9,
@@ -277,6 +279,13 @@ class TrainingMixin:
             depth); see the docs page "Embedding recipe: what was tried".
         consistency_weight
             Weight of that consistency term (with ``depth_augmentation`` only).
+        cell_objective
+            What the cell-embedding head is scored on, beside the masked genes: ``"mse"``
+            (default: the squared error of its reconstruction of the log-normalised profile) or
+            ``"multinomial"`` (the cell's counts as a multinomial draw from the head's predicted
+            proportions, as scVI's decoder scores them given the library size, so the embedding
+            need not describe depth); see
+            :meth:`~schyena_tools.module.SCHyenaModule.masked_expression_loss`.
         accelerator, devices
             Where to train, as in Lightning (``"cpu"``, ``"gpu"``, ``"auto"``).
         train_size, validation_size
@@ -341,6 +350,8 @@ class TrainingMixin:
                 f"copy keeps), or None; got {depth_augmentation}"
             )
         check_number(consistency_weight, "consistency_weight", minimum=0)
+        if cell_objective not in CELL_OBJECTIVES:
+            raise ValueError(f"cell_objective must be one of {CELL_OBJECTIVES}, got {cell_objective!r}")
         check_phase_arguments(max_epochs, batch_size, plan_kwargs)
         corpus = datamodule if datamodule is not None else getattr(self, "_corpus", None)
         if corpus is None:
@@ -366,10 +377,10 @@ class TrainingMixin:
         show_progress = trainer_kwargs.get("enable_progress_bar", True)
         if not self.is_trained_ and resume_from is None:
             if corpus is None:
-                self._initialize_from_data(show_progress=show_progress)
+                self._initialize_from_data(cell_objective, show_progress=show_progress)
             else:
-                self._initialize_from_corpus(corpus, show_progress=show_progress)
-        plan = dict(plan_kwargs or {})
+                self._initialize_from_corpus(corpus, cell_objective, show_progress=show_progress)
+        plan = {"cell_objective": cell_objective, **(plan_kwargs or {})}
         if depth_augmentation is not None:
             plan = {
                 "augment_kwargs": {"depth_augmentation": depth_augmentation},
@@ -395,11 +406,15 @@ class TrainingMixin:
         )
 
     @torch.inference_mode()
-    def _initialize_from_data(self, max_cells: int = 2000, show_progress: bool = False) -> None:
+    def _initialize_from_data(
+        self, cell_objective: str = "mse", max_cells: int = 2000, show_progress: bool = False
+    ) -> None:
         """Data-dependent start of the first pre-training (as scVI sets its library prior from data).
 
         * The cell-embedding head starts from each gene's mean log-normalised expression over
-          all registered cells, so its gradients go to what differs between cells.
+          all registered cells (``cell_objective="mse"``), or from the log of each gene's mean
+          share of a cell's counts (``"multinomial"``), so its gradients go to what differs
+          between cells.
         * Each gene's embedding gets its loadings on the data's leading principal axes added
           (up to ``max_cells`` cells drawn with ``scvi.settings.seed``). At random
           initialisation a token is dominated by the adaptor's output (its value) and barely
@@ -424,10 +439,11 @@ class TrainingMixin:
         total, seen, sampled = None, 0, []
         for tensors in progress(loader, "Data-dependent start: one pass over the cells", show_progress):
             values, _ = self.module.normalize_and_align(tensors[REGISTRY_KEYS.X_KEY].float())
-            total = values.sum(0) if total is None else total + values.sum(0)
+            summary = cell_head_start_values(values, cell_objective, self.module.target_sum)
+            total = summary.sum(0) if total is None else total + summary.sum(0)
             keep = in_sample[seen : seen + values.shape[0]]
             if keep.any():
                 sampled.append(values[torch.from_numpy(keep)])
             seen += values.shape[0]
-        self.module.cell_expression_head.initialize_gene_means(total / max(seen, 1))
+        self.module.initialize_cell_head(total / max(seen, 1), cell_objective)
         self.module.encoder.add_principal_axes(torch.cat(sampled))

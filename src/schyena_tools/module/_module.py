@@ -16,6 +16,9 @@ from schyena_tools.nn import CellExpressionHead, CellTypeClassifier, DoubletClas
 
 OBJECTIVES = ("pretrain", "classify", "impute", "doublet")
 
+#: What the cell-embedding head is scored on in pre-training (``cell_objective`` of the loss).
+CELL_OBJECTIVES = ("mse", "multinomial")
+
 #: Target index that cross-entropy ignores: cells with the unlabeled category.
 IGNORE_LABEL = -100
 
@@ -87,6 +90,18 @@ def sample_expression_mask(
     if missing is not None:
         masked = masked & ~missing
     return masked
+
+
+def cell_head_start_values(values: torch.Tensor, cell_objective: str, target_sum: float) -> torch.Tensor:
+    """What the data-dependent start of the cell head averages over cells, per gene.
+
+    ``values``: log-normalised expression. ``"mse"``: the values themselves (the head starts
+    at each gene's mean); ``"multinomial"``: each gene's share of the cell's counts (the head
+    starts at the log of its mean share). See :meth:`SCHyenaModule.initialize_cell_head`.
+    """
+    if cell_objective not in CELL_OBJECTIVES:
+        raise ValueError(f"unknown cell_objective {cell_objective!r}; expected one of {CELL_OBJECTIVES}")
+    return values if cell_objective == "mse" else torch.expm1(values) / target_sum
 
 
 def add_thinned_copies(
@@ -216,6 +231,15 @@ class SCHyenaModule(BaseModuleClass):
     def embedding_dim(self) -> int:
         """Size of the cell embedding."""
         return self.encoder.d_model
+
+    @torch.no_grad()
+    def initialize_cell_head(self, mean_values: torch.Tensor, cell_objective: str = "mse") -> None:
+        """Start the cell head at the data's mean, as its ``cell_objective`` reads its output.
+
+        ``mean_values``: the per-gene mean of :func:`cell_head_start_values` over the data.
+        """
+        start = mean_values if cell_objective == "mse" else torch.log(mean_values.clamp_min(1e-8))
+        self.cell_expression_head.initialize_gene_means(start)
 
     def align_to_vocabulary(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Reorder data columns into vocabulary order; see :func:`align_to_vocabulary`."""
@@ -369,6 +393,8 @@ class SCHyenaModule(BaseModuleClass):
             "cell_predicted_expression": cell_prediction,
             "log_depth": log_depth,
         }
+        if mask_ratio is not None:  # pre-training: the multinomial cell objective scores the counts
+            result["cell_counts"] = self.align_to_vocabulary(counts)[0]
         if doublet_targets is not None:
             result["doublet_targets"] = doublet_targets
         if n_originals is not None:
@@ -408,16 +434,20 @@ class SCHyenaModule(BaseModuleClass):
         objective: str = "pretrain",
         label_smoothing: float = 0.0,
         consistency_weight: float = 1.0,
+        cell_objective: str = "mse",
+        cell_weight: float = 1.0,
         **kwargs,
     ) -> LossOutput:
         """Loss of the training ``objective``: ``"pretrain"``, ``"classify"``, ``"impute"`` or ``"doublet"``.
 
         ``label_smoothing`` applies to ``"classify"`` (see :func:`torch.nn.functional.cross_entropy`);
-        ``consistency_weight`` to ``"pretrain"`` with depth augmentation (see
-        :meth:`masked_expression_loss`).
+        ``consistency_weight`` (with depth augmentation), ``cell_objective`` and ``cell_weight`` to
+        ``"pretrain"`` (see :meth:`masked_expression_loss`).
         """
         if objective == "pretrain":
-            return self.masked_expression_loss(inference_outputs, consistency_weight)
+            return self.masked_expression_loss(
+                inference_outputs, consistency_weight, cell_objective, cell_weight
+            )
         if objective == "classify":
             return self.classification_loss(tensors, inference_outputs, label_smoothing)
         if objective == "impute":
@@ -427,14 +457,30 @@ class SCHyenaModule(BaseModuleClass):
         raise ValueError(f"unknown training objective {objective!r}; expected one of {OBJECTIVES}")
 
     @staticmethod
-    def masked_expression_loss(inference_outputs: dict, consistency_weight: float = 1.0) -> LossOutput:
+    def masked_expression_loss(
+        inference_outputs: dict,
+        consistency_weight: float = 1.0,
+        cell_objective: str = "mse",
+        cell_weight: float = 1.0,
+    ) -> LossOutput:
         """Masked expression modelling loss, per cell, on the log-normalised scale.
 
-        The sum of two mean squared errors: the per-gene head on the masked entries (the
-        paper's objective), and the cell-embedding head on every measured gene (so that the
-        cell embedding summarises the whole cell; see
-        :class:`~schyena_tools.nn.CellExpressionHead`). Both are logged separately as
-        ``masked_mse`` and ``cell_mse``.
+        The sum of two terms: the mean squared error of the per-gene head on the masked entries
+        (the paper's objective), and a term of the cell-embedding head on every measured gene
+        (so that the cell embedding summarises the whole cell; see
+        :class:`~schyena_tools.nn.CellExpressionHead`), chosen by ``cell_objective``:
+
+        - ``"mse"``: mean squared error of the head's output against the log-normalised values
+          (logged as ``cell_mse``);
+        - ``"multinomial"``: the head's output is read as logits over the measured genes, and
+          the cell's counts are scored as a multinomial draw from their softmax, as scVI's
+          decoder scores them with the library size given: the loss per cell is the
+          Kullback-Leibler divergence from the observed proportions to the predicted ones
+          (logged as ``cell_kl``; zero for a perfect fit). Depth is then not something the
+          embedding has to describe: a shallower read of the same cell has the same expected
+          proportions.
+
+        The cell term counts ``cell_weight`` times. The masked term is logged as ``masked_mse``.
 
         With depth augmentation (``n_originals`` in the outputs, from ``depth_augmentation`` of
         :meth:`inference`), a thinned copy's cell head is scored against its *original's*
@@ -455,16 +501,25 @@ class SCHyenaModule(BaseModuleClass):
         missing = inference_outputs["missing"]
         measured = torch.ones_like(values) if missing is None else (~missing).expand_as(values).float()
         n_originals = inference_outputs.get("n_originals")
-        cell_targets = values
-        if n_originals is not None:
-            cell_targets = torch.cat([values[:n_originals], values[:n_originals]])
-        cell_error = F.mse_loss(
-            inference_outputs["cell_predicted_expression"], cell_targets, reduction="none"
-        )
-        cell_mse = (cell_error * measured).sum(1) / measured.sum(1).clamp_min(1.0)
-
-        per_cell = masked_mse + cell_mse
-        extra = {}
+        if cell_objective not in CELL_OBJECTIVES:
+            raise ValueError(f"unknown cell_objective {cell_objective!r}; expected one of {CELL_OBJECTIVES}")
+        cell_prediction = inference_outputs["cell_predicted_expression"]
+        if cell_objective == "mse":
+            cell_targets = values
+            if n_originals is not None:
+                cell_targets = torch.cat([values[:n_originals], values[:n_originals]])
+            cell_error = F.mse_loss(cell_prediction, cell_targets, reduction="none")
+            cell_term = (cell_error * measured).sum(1) / measured.sum(1).clamp_min(1.0)
+        else:
+            counts = inference_outputs["cell_counts"] * measured
+            if n_originals is not None:
+                counts = torch.cat([counts[:n_originals], counts[:n_originals]])
+            observed = counts / counts.sum(1, keepdim=True).clamp_min(1e-8)
+            log_predicted = torch.log_softmax(cell_prediction.masked_fill(measured == 0, -torch.inf), dim=1)
+            log_predicted = log_predicted.masked_fill(measured == 0, 0.0)
+            cell_term = (torch.xlogy(observed, observed) - observed * log_predicted).sum(1)
+        per_cell = masked_mse + cell_weight * cell_term
+        extra = {("cell_mse" if cell_objective == "mse" else "cell_kl"): cell_term.mean().detach()}
         if n_originals is not None:
             embedding = inference_outputs["cell_embedding"]
             spread = (embedding - embedding.mean(0)).pow(2).sum(1).mean().clamp_min(1e-8)
@@ -477,7 +532,6 @@ class SCHyenaModule(BaseModuleClass):
             reconstruction_loss=per_cell,
             extra_metrics={
                 "masked_mse": masked_mse.mean().detach(),
-                "cell_mse": cell_mse.mean().detach(),
                 "masked_fraction": masked_weights.mean().detach(),
                 **extra,
             },
