@@ -13,6 +13,9 @@ at least 10 cells); the outer test folds of ``downstream.py`` are never scored h
 - ``embedding_weight``: the embedding columns multiplied by ``w`` before the early-stopped
   L-BFGS path (equivalent to a ``w ** 2``-times weaker L2 penalty on them and a faster start
   along them), ``w`` in 1 (the default until round 9), 2, 3, 5 (``--weights``);
+- the early stopping itself (``--stops``, with its own ``--out``): the same L-BFGS path scored
+  at every number of iterations the cross-validated stop chooses from (5 ... 500; 500 is about
+  the converged fit of the logistic-regression baseline), to see what the choice costs;
 - ``self_training`` (``--self-training``, off by default: it lowered every weight on La Manno's
   first split, round 9): after the probe, the unlabelled cells of the registered data whose
   calibrated confidence is at least 0.9 join the training cells with their predicted labels
@@ -114,6 +117,8 @@ def main():
 
     import schyena_tools as st
     from schyena_tools.model._linear_readout import (
+        PROBE_ITERATION_GRID,
+        logistic_path,
         readout_features,
         self_trained_probe,
         set_readout_standardization,
@@ -127,6 +132,11 @@ def main():
         "--self-training", action="store_true", help="also score each weight with self-training"
     )
     parser.add_argument("--weights", nargs="+", type=float, default=list(EMBEDDING_WEIGHTS))
+    parser.add_argument(
+        "--stops",
+        action="store_true",
+        help="score the L-BFGS path at every stop the early stopping chooses from, instead of its choice",
+    )
     parser.add_argument("--resume", action="store_true", help="keep --out's rows; skip what they hold")
     parser.add_argument("--reference-cache", type=Path, help="save / reuse the pre-trained reference here")
     parser.add_argument("--targets", nargs="+", default=[t[0] for t in SCREEN_SETS])
@@ -204,6 +214,28 @@ def main():
                 for w in args.weights:
                     scaled = features.clone()
                     scaled[:, :d_model] *= w
+                    if args.stops:
+                        path = logistic_path(
+                            scaled[train],
+                            torch.as_tensor(codes[train]).long(),
+                            head.out_features,
+                            1.0,
+                            PROBE_ITERATION_GRID,
+                        )
+                        for stop, (weight, bias) in zip(PROBE_ITERATION_GRID, path, strict=True):
+                            logits = scaled[val] @ weight.T + bias
+                            rows.append(
+                                score(
+                                    name,
+                                    f"probe, embedding weight {w:g}, stopped at {stop}",
+                                    encoder,
+                                    split,
+                                    labels[val],
+                                    classes[logits.argmax(1).numpy()],
+                                    iterations=stop,
+                                )
+                            )
+                        continue
                     for self_training in (False, True) if args.self_training else (False,):
                         weight, bias, info = self_trained_probe(
                             scaled[train],
