@@ -47,7 +47,7 @@ NOTES = {
     SHIPPED: " (shipped)",
     "32x2:4": " (bundled until 2026-12-02)",
     "32x2:8": " (bundled now)",
-    "32x2:8:multinomial:10": ", multinomial cell head x10 (val. loss not comparable)",
+    "32x2:4:multinomial:10": ", multinomial cell head x10 (val. loss not comparable)",
 }
 
 
