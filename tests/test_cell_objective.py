@@ -101,3 +101,11 @@ def test_cell_weight_scales_the_cell_term_only():
     cell = once.extra_metrics["cell_mse"]
     assert cell > 0
     assert torch.isclose(thrice.loss - masked_only.loss, 3 * cell)
+
+
+def test_multinomial_cell_head_with_thinned_copies(zeisel_small):
+    st.SCHyena.setup_anndata(zeisel_small)
+    model = st.SCHyena(zeisel_small, **TINY)
+    model.train(cell_objective="multinomial", depth_augmentation=0.3, **SMALL)
+    kl = model.history["cell_kl_train"].to_numpy(dtype=float)
+    assert np.isfinite(kl).all() and (kl >= 0).all()

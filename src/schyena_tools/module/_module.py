@@ -393,8 +393,6 @@ class SCHyenaModule(BaseModuleClass):
             "cell_predicted_expression": cell_prediction,
             "log_depth": log_depth,
         }
-        if mask_ratio is not None:  # pre-training: the multinomial cell objective scores the counts
-            result["cell_counts"] = self.align_to_vocabulary(counts)[0]
         if doublet_targets is not None:
             result["doublet_targets"] = doublet_targets
         if n_originals is not None:
@@ -445,6 +443,9 @@ class SCHyenaModule(BaseModuleClass):
         ``"pretrain"`` (see :meth:`masked_expression_loss`).
         """
         if objective == "pretrain":
+            if cell_objective == "multinomial":  # the originals' counts, only where they are scored
+                counts = tensors[REGISTRY_KEYS.X_KEY].float().to(inference_outputs["values"].device)
+                inference_outputs = {**inference_outputs, "cell_counts": self.align_to_vocabulary(counts)[0]}
             return self.masked_expression_loss(
                 inference_outputs, consistency_weight, cell_objective, cell_weight
             )
@@ -511,9 +512,10 @@ class SCHyenaModule(BaseModuleClass):
             cell_error = F.mse_loss(cell_prediction, cell_targets, reduction="none")
             cell_term = (cell_error * measured).sum(1) / measured.sum(1).clamp_min(1.0)
         else:
-            counts = inference_outputs["cell_counts"] * measured
+            counts = inference_outputs["cell_counts"]  # the originals' (copies are scored on them)
             if n_originals is not None:
                 counts = torch.cat([counts[:n_originals], counts[:n_originals]])
+            counts = counts * measured
             observed = counts / counts.sum(1, keepdim=True).clamp_min(1e-8)
             log_predicted = torch.log_softmax(cell_prediction.masked_fill(measured == 0, -torch.inf), dim=1)
             log_predicted = log_predicted.masked_fill(measured == 0, 0.0)
